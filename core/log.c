@@ -1,0 +1,58 @@
+/* log - see log.h. */
+#include "core/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum log_level log_min = LOG_LVL_INFO;
+static int log_use_syslog;
+
+void log_set_level(enum log_level min) { log_min = min; }
+
+void log_set_syslog(int enabled, const char *ident) {
+  log_use_syslog = enabled;
+  if (enabled) openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
+}
+
+void log_msg(enum log_level lvl, const char *fmt, ...) {
+  static const char *names[] = {"debug", "info", "warning", "error"};
+  if (lvl < log_min) return;
+  char line[2048];
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
+  n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ sealgate[%d] %s: ",
+                ts.tv_nsec / 1000000, (int)getpid(), names[lvl]);
+  int head = n;
+  va_list ap;
+  va_start(ap, fmt);
+  int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  va_end(ap);
+  if (m < 0) m = 0;
+  n += m;
+  if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
+  line[n++] = '\n';
+  ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+  (void)w;
+  if (log_use_syslog) {
+    static const int prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
+    syslog(prio[lvl], "%.*s", n - head - 1, line + head);
+  }
+}
+
+char *log_safe(char *out, size_t cap, const char *in, size_t n) {
+  size_t j = 0;
+  if (cap == 0) return out;
+  for (size_t i = 0; i < n && j + 1 < cap; i++) {
+    unsigned char c = (unsigned char)in[i];
+    out[j++] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
+  }
+  out[j] = '\0';
+  return out;
+}

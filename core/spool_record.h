@@ -1,0 +1,80 @@
+/*
+ * spool_record - the on-disk format of one queued message.
+ *
+ * Owns the encoding only (no files, no threads): core/spool.c writes and
+ * reads the bytes, tools/spooldump prints them, the fuzz target feeds the
+ * reader garbage.  The reader trusts nothing: a file may be torn by a crash,
+ * truncated, or damaged; every such file is rejected with SG_ECORRUPT and a
+ * reason, never half-parsed into something deliverable.
+ *
+ * Layout (all integers little-endian):
+ *   file   := "SGSPOOL\n" version:u16 reserved:u16 record* end
+ *   record := type:u8 length:u32 payload[length]
+ *   end    := 'E' 8:u32 crc32:u32 "END\n"
+ * Record types in order: 'Q' queue id (1..63 bytes [A-Za-z0-9.-]),
+ * 'A' arrival time (u64 ms since epoch), 'S' sender (0..256 bytes, "" for
+ * the null path), 'R' recipient (1..256 bytes; one or more records),
+ * 'L' listener name, 'N' next hop "host:port", 'F' flags (u32),
+ * 'C' client description (0..255 bytes), 'D' message data (the last record
+ * before 'E').  The CRC-32 (zlib) covers every byte of the file before the
+ * 'E' record.  Nothing may follow the end record.
+ * The version is SPOOL_RECORD_VERSION; a reader refuses other versions.
+ */
+#ifndef SEALGATE_SPOOL_RECORD_H
+#define SEALGATE_SPOOL_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+
+#define SPOOL_RECORD_VERSION 1
+#define SPOOL_ID_MAX 64
+#define SPOOL_ADDR_MAX 256
+#define SPOOL_RCPT_MAX 100000
+
+enum spool_flags {
+  SPOOL_F_8BITMIME = 1u << 0, /* received with BODY=8BITMIME */
+  SPOOL_F_DSN = 1u << 1,      /* this message is a delivery status notification */
+};
+
+/* Envelope of a queued message.  Strings are NUL-terminated. */
+struct spool_envelope {
+  char queue_id[SPOOL_ID_MAX];
+  uint64_t arrival_ms;
+  char *sender;       /* "" for <> */
+  char **rcpts;
+  size_t n_rcpts;
+  char *listener;
+  char *next_hop;
+  uint32_t flags;
+  char *client;
+};
+
+/*
+ * Encode everything before the message data (header records and the 'D'
+ * record's type and length) into head, and the end record into tail, for a
+ * data part of data_len bytes whose bytes are data.  The file is then
+ * head + data + tail.  Appends to head/tail.  Returns 0, SG_EINVAL for an
+ * envelope that breaks the limits above, or SG_ENOMEM.
+ */
+int spool_record_encode(const struct spool_envelope *env, const void *data,
+                        size_t data_len, struct buf *head, struct buf *tail);
+
+/*
+ * Parse a whole file image.  On success fills *env (allocating its strings:
+ * free with spool_envelope_free) and points *data_out into buf at the
+ * message data.  On failure returns SG_ECORRUPT (or SG_ENOMEM) with a
+ * static reason in *why_out (e.g. "checksum mismatch", "truncated record"),
+ * and env holds nothing to free.
+ */
+int spool_record_parse(const void *buf, size_t len, struct spool_envelope *env,
+                       const char **data_out, size_t *data_len_out,
+                       const char **why_out);
+
+void spool_envelope_free(struct spool_envelope *env);
+
+/* Deep copy (strings and recipient list). 0 or SG_ENOMEM. */
+int spool_envelope_copy(struct spool_envelope *dst, const struct spool_envelope *src);
+
+#endif
