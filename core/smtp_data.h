@@ -49,9 +49,18 @@ struct smtp_data {
   unsigned flags;            /* enum smtp_data_flags */
 };
 
+/* The limits are literal (0 refuses any octet); UINT64_MAX means none.
+ * max_line counts the octets of a line after unstuffing, without its CRLF
+ * (a bare CR or LF is part of the line). */
 void smtp_data_init(struct smtp_data *d, uint64_t max_size, uint64_t max_line);
 
 /*
+ * Dot-unstuffing follows RFC 5321 4.5.2: the first octet of any line that
+ * starts with "." is deleted (so ".." gives ".", and ".x" gives "x").
+ * When a limit is hit, out holds exactly the unstuffed message up to the
+ * octet that broke it, whatever the split of the input; size and
+ * received_count keep counting to the end.
+ *
  * Consume up to len bytes.  Appends the unstuffed message to out (without
  * the terminating ".CRLF"; the final CRLF of the last line is kept).
  * Returns the number of bytes consumed; *done_out becomes true when the end

@@ -81,4 +81,21 @@ int smtp_parse_helo(const char *arg, size_t len, struct smtp_error *err);
 /* Domain part of a mailbox (after the last '@'), or NULL if none. */
 const char *smtp_addr_domain(const char *addr);
 
+/*
+ * Details common to the functions above:
+ * - err may be NULL; on success it is left untouched.  *cmd and *out are
+ *   always initialised, also on failure.
+ * - The addresses in *out keep the client's spelling (quotes, case), except
+ *   that "<Postmaster>" in any case is stored as "postmaster".
+ * - MAIL replies: 501 5.5.4 for the command's own syntax (no "FROM:", no
+ *   angle brackets, malformed parameter, duplicate parameter, bad SIZE or
+ *   BODY value); 501 5.1.7 for a bad or over-long path; 555 5.5.4 for an
+ *   unknown parameter or BODY=BINARYMIME; 552 5.3.4 for a SIZE that does not
+ *   fit 64 bits.  RCPT: 501 5.5.4 / 501 5.1.3 / 555 5.5.4 likewise.
+ * - smtp_parse_command: a verb is followed by end of line or one SP (a TAB
+ *   makes it unknown); for DATA, RSET, QUIT and STARTTLS an argument of
+ *   blanks only is tolerated, anything else is 501 5.5.4.  The HTTP check
+ *   (case-insensitive) comes before the character check.
+ */
+
 #endif

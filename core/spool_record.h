@@ -32,11 +32,17 @@
 #define SPOOL_ID_MAX 64
 #define SPOOL_ADDR_MAX 256
 #define SPOOL_RCPT_MAX 100000
+#define SPOOL_NAME_MAX 255           /* 'L' listener and 'N' next hop: 0..255 bytes */
+#define SPOOL_CLIENT_MAX 255         /* 'C' client description: 0..255 bytes */
+#define SPOOL_DATA_MAX 0xffffffffu   /* 'D' length is a u32: 4 GiB - 1 */
 
 enum spool_flags {
   SPOOL_F_8BITMIME = 1u << 0, /* received with BODY=8BITMIME */
   SPOOL_F_DSN = 1u << 1,      /* this message is a delivery status notification */
 };
+/* Every flag this version knows; a reader refuses others, so a new flag must
+ * be added here (and, if old readers must not see it, bump the version). */
+#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN)
 
 /* Envelope of a queued message.  Strings are NUL-terminated. */
 struct spool_envelope {
@@ -57,6 +63,10 @@ struct spool_envelope {
  * data part of data_len bytes whose bytes are data.  The file is then
  * head + data + tail.  Appends to head/tail.  Returns 0, SG_EINVAL for an
  * envelope that breaks the limits above, or SG_ENOMEM.
+ * Also SG_EINVAL for data_len > SPOOL_DATA_MAX or flags outside
+ * SPOOL_F_KNOWN.  Strings may not contain NUL; addresses may not contain CR
+ * or LF.  NULL listener, next_hop or client are written as "".  On error
+ * head and tail are left as they were.
  */
 int spool_record_encode(const struct spool_envelope *env, const void *data,
                         size_t data_len, struct buf *head, struct buf *tail);
@@ -66,15 +76,20 @@ int spool_record_encode(const struct spool_envelope *env, const void *data,
  * free with spool_envelope_free) and points *data_out into buf at the
  * message data.  On failure returns SG_ECORRUPT (or SG_ENOMEM) with a
  * static reason in *why_out (e.g. "checksum mismatch", "truncated record"),
- * and env holds nothing to free.
+ * and env holds nothing to free (it is zeroed).  The reader accepts exactly
+ * what the encoder can write, so a parsed file re-encodes to the same bytes.
+ * data_out, data_len_out and why_out may be NULL.
  */
 int spool_record_parse(const void *buf, size_t len, struct spool_envelope *env,
                        const char **data_out, size_t *data_len_out,
                        const char **why_out);
 
+/* Frees the strings and recipient list and zeroes *env; safe on a zeroed
+ * envelope and on NULL. */
 void spool_envelope_free(struct spool_envelope *env);
 
-/* Deep copy (strings and recipient list). 0 or SG_ENOMEM. */
+/* Deep copy (strings and recipient list). 0 or SG_ENOMEM.
+ * dst is overwritten (not freed first); on error it holds nothing to free. */
 int spool_envelope_copy(struct spool_envelope *dst, const struct spool_envelope *src);
 
 #endif

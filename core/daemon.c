@@ -1,0 +1,369 @@
+/* daemon - see daemon.h.  The main thread: start, reload, drain. */
+#include "core/daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <urcu.h>
+#include <uv.h>
+
+#include "core/clientlimit.h"
+#include "core/control.h"
+#include "core/delivery.h"
+#include "core/listener.h"
+#include "core/log.h"
+#include "core/sgerr.h"
+#include "core/shard.h"
+#include "core/spool.h"
+
+#define DAEMON_DRAIN_MAX_S 30
+#define DAEMON_SPOOL_THREADS 8
+
+struct daemon_main {
+  struct daemon d;
+  uv_loop_t loop;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  struct control *ctl;
+  char **keys; /* listener addresses currently bound */
+  size_t n_keys;
+  int lock_fd;
+};
+
+struct config *daemon_config_get(struct daemon *d) {
+  rcu_read_lock();
+  struct config *c = config_ref(rcu_dereference(d->cfg));
+  rcu_read_unlock();
+  return c;
+}
+
+struct shard *daemon_shard(struct daemon *d, unsigned i) { return d->shards[i % d->n_shards]; }
+
+/* ---- listeners ------------------------------------------------------------ */
+
+static void daemon__keys_free(struct daemon_main *m) {
+  for (size_t i = 0; i < m->n_keys; i++) free(m->keys[i]);
+  free(m->keys);
+  m->keys = NULL;
+  m->n_keys = 0;
+}
+
+/* Give every shard its sockets from plan and remember the bound keys. */
+static void daemon__hand_out(struct daemon_main *m, struct listener_plan *plan) {
+  for (unsigned s = 0; s < m->d.n_shards; s++) shard_apply_plan(m->d.shards[s], plan);
+  char **keys = calloc(plan->n ? plan->n : 1, sizeof *keys);
+  for (size_t i = 0; keys && i < plan->n; i++) keys[i] = strdup(plan->entries[i].key);
+  daemon__keys_free(m);
+  m->keys = keys;
+  m->n_keys = keys ? plan->n : 0;
+  listener_plan_free(plan, m->d.n_shards);
+}
+
+/* ---- reload ----------------------------------------------------------------- */
+
+static int daemon__same(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
+  struct config *nc;
+  int rc = config_load(m->d.cfg->path, &nc, err, errlen);
+  if (rc) return rc;
+  const struct config *oc = m->d.cfg; /* only this thread writes d.cfg */
+  const char *fixed = NULL;
+  if (!daemon__same(oc->spool_dir, nc->spool_dir)) fixed = "spool_dir";
+  else if (config_effective_shards(oc) != config_effective_shards(nc)) fixed = "shards";
+  else if (!daemon__same(oc->user, nc->user)) fixed = "user";
+  if (fixed) {
+    snprintf(err, errlen, "%s cannot change while running; restart sealgate to apply it", fixed);
+    config_unref(nc);
+    return SG_ECONFIG;
+  }
+  struct listener_plan plan;
+  if ((rc = listener_plan_build(nc, m->keys, m->n_keys, m->d.n_shards, &plan, err, errlen)) != 0) {
+    config_unref(nc);
+    return rc;
+  }
+  /* Publish first, then hand out sockets: a connection on a new listener
+   * must find its listener in the config it sees. */
+  struct config *old = rcu_xchg_pointer(&m->d.cfg, nc);
+  daemon__hand_out(m, &plan);
+  synchronize_rcu(); /* no reader still dereferences old without a reference */
+  config_unref(old);
+  log_info("configuration reloaded from %s", nc->path);
+  return 0;
+}
+
+/* ---- control socket -------------------------------------------------------- */
+
+/* Answers gathered from every shard; the last one out frees it, so a
+ * request that timed out leaves nothing dangling. */
+struct daemon_collect {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int refs;
+  unsigned pending;
+  struct buf out;
+  struct shard *sh;
+};
+
+static void daemon__collect_unref(struct daemon_collect *c) {
+  pthread_mutex_lock(&c->mu);
+  bool last = --c->refs == 0;
+  pthread_mutex_unlock(&c->mu);
+  if (!last) return;
+  buf_free(&c->out);
+  free(c);
+}
+
+struct daemon_collect_arg {
+  struct daemon_collect *c;
+  struct shard *sh;
+};
+
+static void daemon__collect_shard(void *arg) {
+  struct daemon_collect_arg *a = arg;
+  struct buf mine = BUF_INIT;
+  delivery_list(a->sh->dl, &mine);
+  pthread_mutex_lock(&a->c->mu);
+  buf_append(&a->c->out, mine.data, mine.len);
+  a->c->pending--;
+  pthread_cond_signal(&a->c->cv);
+  pthread_mutex_unlock(&a->c->mu);
+  buf_free(&mine);
+  daemon__collect_unref(a->c);
+  free(a);
+}
+
+static int daemon__queue_list(struct daemon_main *m, struct buf *payload) {
+  struct daemon_collect *c = calloc(1, sizeof *c);
+  if (!c) return SG_ENOMEM;
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  c->refs = 1;
+  for (unsigned s = 0; s < m->d.n_shards; s++) {
+    struct daemon_collect_arg *a = malloc(sizeof *a);
+    if (!a) break;
+    *a = (struct daemon_collect_arg){c, m->d.shards[s]};
+    pthread_mutex_lock(&c->mu);
+    c->refs++;
+    c->pending++;
+    pthread_mutex_unlock(&c->mu);
+    if (shard_post(m->d.shards[s], daemon__collect_shard, a) != 0) {
+      free(a);
+      c->refs--, c->pending--;
+    }
+  }
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 5;
+  int rc = 0;
+  pthread_mutex_lock(&c->mu);
+  while (c->pending > 0 && rc == 0) rc = pthread_cond_timedwait(&c->cv, &c->mu, &until);
+  if (rc == 0) buf_append(payload, c->out.data, c->out.len);
+  pthread_mutex_unlock(&c->mu);
+  daemon__collect_unref(c);
+  return rc == 0 ? 0 : SG_ETIMEDOUT;
+}
+
+static void daemon__flush_shard(void *arg) { delivery_flush(((struct shard *)arg)->dl); }
+
+static int daemon__control(void *arg, const char *cmd, struct buf *payload, char *err,
+                           size_t errlen) {
+  struct daemon_main *m = arg;
+  if (strcmp(cmd, "ping") == 0) return 0;
+  if (strcmp(cmd, "reload") == 0) {
+    int rc = daemon__reload(m, err, errlen);
+    if (rc) log_err("reload rejected: %s", err);
+    return rc;
+  }
+  if (strcmp(cmd, "queue list") == 0) return daemon__queue_list(m, payload);
+  if (strcmp(cmd, "queue flush") == 0) {
+    for (unsigned s = 0; s < m->d.n_shards; s++) shard_post(m->d.shards[s], daemon__flush_shard, m->d.shards[s]);
+    return 0;
+  }
+  snprintf(err, errlen, "unknown command '%.64s'", cmd);
+  return SG_EINVAL;
+}
+
+/* ---- signals and drain ------------------------------------------------------- */
+
+static void *daemon__watchdog(void *arg) {
+  (void)arg;
+  sleep(DAEMON_DRAIN_MAX_S);
+  /* Everything acknowledged is on disk; what is still in flight was not. */
+  log_warn("drain took longer than %d s; exiting anyway", DAEMON_DRAIN_MAX_S);
+  _exit(0);
+  return NULL;
+}
+
+static void daemon__on_signal(uv_signal_t *s, int signum) {
+  struct daemon_main *m = s->data;
+  if (signum == SIGHUP) {
+    char err[1024];
+    if (daemon__reload(m, err, sizeof err) != 0) log_err("reload rejected, old configuration kept: %s", err);
+    return;
+  }
+  if (atomic_exchange(&m->d.draining, true)) return;
+  log_info("signal %d: draining (no new connections; finishing what is in flight)", signum);
+  pthread_t t;
+  if (pthread_create(&t, NULL, daemon__watchdog, NULL) == 0) pthread_detach(t);
+  for (unsigned i = 0; i < m->d.n_shards; i++) shard_drain(m->d.shards[i]);
+  uv_stop(&m->loop);
+}
+
+/* ---- start ------------------------------------------------------------------- */
+
+struct daemon_recover {
+  struct daemon *d;
+  unsigned next;
+};
+
+struct daemon_post {
+  struct shard *sh;
+  struct spool_msg *msg;
+};
+
+static void daemon__enqueue_on_shard(void *arg) {
+  struct daemon_post *p = arg;
+  delivery_enqueue(p->sh->dl, p->msg);
+  free(p);
+}
+
+/* Spread recovered messages over the shards, round robin. */
+static void daemon__recover_one(struct spool_msg *msg, void *arg) {
+  struct daemon_recover *r = arg;
+  struct daemon_post *p = malloc(sizeof *p);
+  if (!p) {
+    spool_msg_free(msg); /* still on disk: the next start finds it */
+    return;
+  }
+  p->sh = daemon_shard(r->d, r->next++);
+  p->msg = msg;
+  if (shard_post(p->sh, daemon__enqueue_on_shard, p) != 0) {
+    spool_msg_free(msg);
+    free(p);
+  }
+}
+
+/* DIR/lock: SO_REUSEPORT would let a second daemon bind our ports silently. */
+static int daemon__lock(struct daemon_main *m, const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/lock", dir);
+  m->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (m->lock_fd < 0) {
+    log_err("cannot open %s: %s", path, strerror(errno));
+    return SG_EIO;
+  }
+  if (flock(m->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    log_err("another sealgate is running on this instance (%s is locked)", path);
+    return SG_EBUSY;
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  if (ftruncate(m->lock_fd, 0) != 0 || write(m->lock_fd, pid, (size_t)n) != n) log_warn("cannot write pid to %s", path);
+  return 0;
+}
+
+static int daemon__start_shards(struct daemon_main *m) {
+  struct config *cfg = m->d.cfg;
+  m->d.n_shards = config_effective_shards(cfg);
+  int rc = spool_open(cfg->spool_dir, m->d.n_shards, cfg->limits.disk_reserve, DAEMON_SPOOL_THREADS,
+                      &m->d.spool);
+  if (rc) {
+    log_err("cannot open spool %s: %s", cfg->spool_dir, sgerr_str(rc));
+    return rc;
+  }
+  m->d.shards = calloc(m->d.n_shards, sizeof *m->d.shards);
+  if (!m->d.shards) return SG_ENOMEM;
+  for (unsigned i = 0; i < m->d.n_shards; i++)
+    if ((rc = shard_start(&m->d, i, &m->d.shards[i])) != 0) {
+      m->d.n_shards = i;
+      return rc;
+    }
+  struct daemon_recover r = {&m->d, 0};
+  int n = spool_recover(m->d.spool, daemon__recover_one, &r);
+  if (n > 0) log_info("spool: recovered %d message(s) for delivery", n);
+  struct listener_plan plan;
+  char err[1024];
+  if ((rc = listener_plan_build(cfg, NULL, 0, m->d.n_shards, &plan, err, sizeof err)) != 0) {
+    log_err("%s", err);
+    return rc;
+  }
+  daemon__hand_out(m, &plan);
+  return 0;
+}
+
+static int daemon__start_main_loop(struct daemon_main *m) {
+  uv_loop_init(&m->loop);
+  uv_signal_t *sigs[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
+  int nums[] = {SIGTERM, SIGINT, SIGHUP};
+  for (int i = 0; i < 3; i++) {
+    uv_signal_init(&m->loop, sigs[i]);
+    sigs[i]->data = m;
+    uv_signal_start(sigs[i], daemon__on_signal, nums[i]);
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/control.sock", m->d.instance_dir);
+  return control_listen(&m->loop, path, daemon__control, m, &m->ctl);
+}
+
+static void daemon__walk_close(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void daemon__stop(struct daemon_main *m) {
+  for (unsigned i = 0; i < m->d.n_shards; i++) {
+    if (!atomic_load(&m->d.draining)) shard_drain(m->d.shards[i]);
+  }
+  for (unsigned i = 0; i < m->d.n_shards; i++) shard_join(m->d.shards[i]);
+  free(m->d.shards);
+  spool_close(m->d.spool);
+  control_close(m->ctl);
+  uv_walk(&m->loop, daemon__walk_close, NULL);
+  uv_run(&m->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&m->loop);
+  daemon__keys_free(m);
+  config_unref(m->d.cfg);
+  free(m->d.instance_dir);
+  if (m->lock_fd >= 0) close(m->lock_fd);
+}
+
+int daemon_run(const char *config_path) {
+  struct daemon_main m;
+  memset(&m, 0, sizeof m);
+  m.lock_fd = -1;
+  char err[1024];
+  rcu_register_thread();
+  signal(SIGPIPE, SIG_IGN);
+  struct config *cfg;
+  if (config_load(config_path, &cfg, err, sizeof err) != 0) {
+    fprintf(stderr, "sealgate: %s\n", err);
+    rcu_unregister_thread();
+    return 1;
+  }
+  if (cfg->log_syslog) log_set_syslog(1, cfg->log_syslog);
+  m.d.cfg = cfg;
+  m.d.instance_dir = strdup(cfg->dir);
+  if (cfg->user) log_warn("'user: %s' is not applied yet (privilege separation comes with issue #8)", cfg->user);
+  else if (geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");
+  int rc = daemon__lock(&m, cfg->dir);
+  if (rc == 0) rc = clientlimit_init();
+  if (rc == 0) rc = daemon__start_shards(&m);
+  if (rc == 0) rc = daemon__start_main_loop(&m);
+  if (rc == 0) {
+    log_info("sealgate %s started: %u shard(s), %zu listener(s), hostname %s", SEALGATE_VERSION,
+             m.d.n_shards, cfg->n_listeners, cfg->hostname);
+    uv_run(&m.loop, UV_RUN_DEFAULT);
+  }
+  daemon__stop(&m);
+  rcu_unregister_thread();
+  if (rc == 0) log_info("sealgate stopped");
+  return rc == 0 ? 0 : 1;
+}

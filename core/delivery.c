@@ -1,0 +1,658 @@
+/* delivery - see delivery.h. */
+#include "core/delivery.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/config.h"
+#include "core/daemon.h"
+#include "core/dsn.h"
+#include "core/log.h"
+#include "core/sgerr.h"
+#include "core/shard.h"
+#include "core/smtp_client.h"
+#include "core/spool.h"
+
+#define DL_IDLE_CONN_MS 5000
+
+struct dl_host;
+
+struct dl_conn {
+  struct dl_conn *next;
+  struct dl_host *h;
+  struct smtp_client *c;
+  struct spool_msg *m; /* in flight, or NULL */
+  uv_timer_t idle;
+  bool ready;
+  bool dead;
+  uint64_t started_ms;
+};
+
+struct dl_host {
+  struct dl_host *next;
+  struct delivery *dl;
+  char *key;
+  struct config_hostport addr;
+  struct spool_msg *q_head, *q_tail; /* waiting for a connection */
+  struct dl_conn *conns;
+  unsigned n_conns;
+  uint64_t down_until_ms;
+  char last_error[SMTP_CLIENT_TEXT_MAX];
+};
+
+struct delivery {
+  struct shard *sh;
+  struct dl_host *hosts;
+  struct spool_msg *all;      /* every message we own, for queue list */
+  struct spool_msg *deferred; /* waiting for next_try_ms */
+  uv_timer_t retry;
+  unsigned jobs;              /* spool operations in flight */
+  unsigned busy;              /* transactions in flight */
+  bool draining;
+};
+
+static uint64_t dl__now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void dl__route(struct delivery *dl, struct spool_msg *m);
+static void dl__pump(struct delivery *dl, struct dl_host *h);
+
+/* ---- bookkeeping --------------------------------------------------------- */
+
+static void dl__own(struct delivery *dl, struct spool_msg *m) {
+  m->all_prev = NULL;
+  m->all_next = dl->all;
+  if (dl->all) dl->all->all_prev = m;
+  dl->all = m;
+}
+
+static void dl__release(struct delivery *dl, struct spool_msg *m) {
+  if (m->all_prev) m->all_prev->all_next = m->all_next;
+  else dl->all = m->all_next;
+  if (m->all_next) m->all_next->all_prev = m->all_prev;
+  spool_msg_free(m);
+}
+
+static void dl__set_error(struct spool_msg *m, const char *err) {
+  free(m->last_error);
+  m->last_error = err ? strdup(err) : NULL;
+}
+
+static void dl__log(const struct spool_msg *m, const char *result, size_t n, const char *hop,
+                    const char *reply) {
+  char from[300];
+  log_safe(from, sizeof from, m->env.sender, strlen(m->env.sender));
+  log_info("queue_id=%s from=<%s> rcpts=%zu size=%zu action=relay result=%s relay=%s reply=\"%s\"",
+           m->env.queue_id, from, n, m->data_len, result, hop ? hop : "none", reply ? reply : "");
+}
+
+/* The next hop a message goes to: its listener's current next_hop (a reload
+ * may have changed it), else the one recorded when it was accepted. */
+static int dl__next_hop(struct delivery *dl, const struct spool_msg *m, struct config_hostport *out) {
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  const struct config_listener *l = config_listener_find(cfg, m->env.listener);
+  int rc;
+  if (l) {
+    out->host = strdup(l->next_hop.addr.host);
+    out->port = l->next_hop.addr.port;
+    rc = out->host ? 0 : SG_ENOMEM;
+  } else {
+    rc = config_parse_hostport(m->env.next_hop, out);
+  }
+  config_unref(cfg);
+  return rc;
+}
+
+static struct dl_host *dl__host(struct delivery *dl, struct config_hostport *hp) {
+  char key[300];
+  snprintf(key, sizeof key, "%s:%u", hp->host, (unsigned)hp->port);
+  for (struct dl_host *h = dl->hosts; h; h = h->next)
+    if (strcmp(h->key, key) == 0) {
+      free(hp->host);
+      return h;
+    }
+  struct dl_host *h = calloc(1, sizeof *h);
+  if (!h || !(h->key = strdup(key))) {
+    free(h);
+    free(hp->host);
+    return NULL;
+  }
+  h->addr = *hp;
+  h->dl = dl;
+  h->next = dl->hosts;
+  dl->hosts = h;
+  return h;
+}
+
+/* ---- retry timer --------------------------------------------------------- */
+
+static void dl__on_retry(uv_timer_t *t);
+
+static void dl__arm_retry(struct delivery *dl) {
+  if (!dl->deferred || dl->draining) {
+    uv_timer_stop(&dl->retry);
+    return;
+  }
+  uint64_t first = UINT64_MAX, now = dl__now_ms();
+  for (struct spool_msg *m = dl->deferred; m; m = m->next)
+    if (m->next_try_ms < first) first = m->next_try_ms;
+  uv_timer_start(&dl->retry, dl__on_retry, first > now ? first - now : 0, 0);
+}
+
+static void dl__on_retry(uv_timer_t *t) {
+  struct delivery *dl = t->data;
+  uint64_t now = dl__now_ms();
+  struct spool_msg **pp = &dl->deferred, *due = NULL;
+  while (*pp) {
+    struct spool_msg *m = *pp;
+    if (m->next_try_ms <= now) {
+      *pp = m->next;
+      m->next = due;
+      due = m;
+    } else {
+      pp = &m->next;
+    }
+  }
+  while (due) {
+    struct spool_msg *m = due;
+    due = m->next;
+    m->next = NULL;
+    dl__route(dl, m);
+  }
+  dl__arm_retry(dl);
+}
+
+/* ---- after an attempt: bounce, rewrite, remove or retry ---------------- */
+
+/* What one attempt decided, carried across the asynchronous spool steps. */
+struct dl_fin {
+  struct delivery *dl;
+  struct spool_msg *m;
+  char **pending; /* recipients to retry (strings borrowed from m->env.rcpts) */
+  size_t n_pending;
+  char **failed;  /* recipients that failed for good (borrowed) */
+  size_t n_failed;
+  bool changed;   /* the file must be rewritten with only the pending ones */
+};
+
+static void dl__fin_free(struct dl_fin *f) {
+  free(f->pending);
+  free(f->failed);
+  free(f);
+}
+
+static void dl__defer(struct delivery *dl, struct spool_msg *m);
+
+/* Replace the envelope's recipient list with the pending ones. */
+static void dl__keep_pending(struct dl_fin *f) {
+  struct spool_envelope *e = &f->m->env;
+  char **keep = malloc((f->n_pending ? f->n_pending : 1) * sizeof *keep);
+  if (!keep) return; /* keep them all: a duplicate is better than a loss */
+  size_t k = 0;
+  for (size_t i = 0; i < e->n_rcpts; i++) {
+    bool pend = false;
+    for (size_t j = 0; j < f->n_pending && !pend; j++) pend = f->pending[j] == e->rcpts[i];
+    if (pend) keep[k++] = e->rcpts[i];
+    else free(e->rcpts[i]);
+  }
+  free(e->rcpts);
+  e->rcpts = keep;
+  e->n_rcpts = k;
+}
+
+static void dl__removed(struct spool_msg *m, int status, void *arg) {
+  struct delivery *dl = arg;
+  dl->jobs--;
+  if (status != 0) log_err("queue_id=%s: cannot remove from spool: %s", m->env.queue_id, sgerr_str(status));
+  dl__release(dl, m);
+  shard_check_idle(dl->sh);
+}
+
+static void dl__rewritten(struct spool_msg *m, int status, void *arg) {
+  struct delivery *dl = arg;
+  dl->jobs--;
+  if (status != 0) /* the old file still lists everyone: some get it twice */
+    log_err("queue_id=%s: cannot rewrite spool file: %s", m->env.queue_id, sgerr_str(status));
+  dl__defer(dl, m);
+  shard_check_idle(dl->sh);
+}
+
+static void dl__finish(struct dl_fin *f) {
+  struct delivery *dl = f->dl;
+  struct spool_msg *m = f->m;
+  int rc = 0;
+  if (f->n_pending == 0) {
+    dl->jobs++;
+    rc = spool_remove(dl->sh->d->spool, m, &dl->sh->mb, dl__removed, dl);
+  } else if (f->changed) {
+    dl__keep_pending(f);
+    dl->jobs++;
+    rc = spool_commit(dl->sh->d->spool, dl->sh->id, m, true, &dl->sh->mb, dl__rewritten, dl);
+  } else {
+    dl__defer(dl, m);
+  }
+  if (rc != 0) {
+    dl->jobs--;
+    dl__defer(dl, m);
+  }
+  dl__fin_free(f);
+}
+
+static void dl__dsn_committed(struct spool_msg *dsn, int status, void *arg) {
+  struct dl_fin *f = arg;
+  f->dl->jobs--;
+  if (status == 0) {
+    log_info("queue_id=%s: bounce queued as %s", f->m->env.queue_id, dsn->env.queue_id);
+    delivery_enqueue(f->dl, dsn);
+  } else { /* no bounce could be written: keep the failed recipients queued */
+    log_err("queue_id=%s: cannot queue bounce: %s", f->m->env.queue_id, sgerr_str(status));
+    spool_msg_free(dsn);
+    for (size_t i = 0; i < f->n_failed; i++) f->pending[f->n_pending++] = f->failed[i];
+  }
+  dl__finish(f);
+}
+
+/* The enhanced status code in a reply text ("550 5.1.1 ..."), or a default
+ * by class. */
+static void dl__status(const struct smtp_client_reply *r, bool expired, char *out, size_t cap) {
+  unsigned a, b, c;
+  int used = 0;
+  if (expired) {
+    snprintf(out, cap, "4.4.7");
+  } else if (strlen(r->text) > 4 && sscanf(r->text + 4, "%1u.%3u.%3u%n", &a, &b, &c, &used) == 3 &&
+             used > 0 && (a == 4 || a == 5)) {
+    snprintf(out, cap, "%u.%u.%u", a, b, c);
+  } else {
+    snprintf(out, cap, "%d.0.0", r->code / 100 == 5 ? 5 : 4);
+  }
+}
+
+/* Build the bounce for the failed recipients; NULL if none is due. */
+static struct spool_msg *dl__build_dsn(struct delivery *dl, const struct spool_msg *m,
+                                       const struct dsn_rcpt *rc, size_t n) {
+  if (n == 0 || m->env.sender[0] == '\0') return NULL; /* never bounce a bounce (RFC 5321 6.1) */
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  struct dsn_info info = {cfg->hostname, m->env.queue_id, m->env.arrival_ms, dl__now_ms(),
+                          m->env.sender, rc, n, m->data, m->data_len};
+  struct buf out = BUF_INIT;
+  struct spool_msg *d = calloc(1, sizeof *d);
+  int err = (!d || dsn_build(&info, &out) != 0);
+  if (!err) {
+    d->env.arrival_ms = dl__now_ms();
+    d->env.sender = strdup("");
+    d->env.rcpts = calloc(1, sizeof(char *));
+    d->env.n_rcpts = 1;
+    if (d->env.rcpts) d->env.rcpts[0] = strdup(m->env.sender);
+    d->env.listener = strdup(m->env.listener);
+    d->env.next_hop = strdup(m->env.next_hop);
+    d->env.client = strdup("local (bounce)");
+    d->env.flags = SPOOL_F_DSN;
+    d->data = buf_steal(&out, &d->data_len);
+    err = !d->env.sender || !d->env.rcpts || !d->env.rcpts[0] || !d->env.listener ||
+          !d->env.next_hop || !d->env.client || !d->data;
+  }
+  buf_free(&out);
+  config_unref(cfg);
+  if (err) {
+    log_err("queue_id=%s: cannot build bounce", m->env.queue_id);
+    spool_msg_free(d);
+    return NULL;
+  }
+  spool_new_id(dl->sh->d->spool, dl->sh->id, d);
+  return d;
+}
+
+/*
+ * One attempt is over: r[i] is recipient i's reply (a synthetic 4xx when the
+ * connection failed).  Recipients with 2xx are done, 5xx failed, 4xx pending
+ * (failed too once the queue lifetime is over).
+ */
+static void dl__after_attempt(struct delivery *dl, struct spool_msg *m,
+                              const struct smtp_client_reply *r, const char *hop) {
+  size_t n = m->env.n_rcpts, n_done = 0;
+  struct dl_fin *f = calloc(1, sizeof *f);
+  struct dsn_rcpt *dr = calloc(n, sizeof *dr);
+  char (*status)[16] = calloc(n, sizeof *status);
+  if (f) f->pending = calloc(n, sizeof(char *)), f->failed = calloc(n, sizeof(char *));
+  if (!f || !dr || !status || !f->pending || !f->failed) { /* retry it all later */
+    if (f) dl__fin_free(f);
+    free(dr);
+    free(status);
+    dl__defer(dl, m);
+    return;
+  }
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  bool expired = dl__now_ms() - m->env.arrival_ms >= cfg->limits.queue_lifetime_ms;
+  config_unref(cfg);
+  f->dl = dl;
+  f->m = m;
+  for (size_t i = 0; i < n; i++) {
+    int cls = r[i].code / 100;
+    if (cls == 2) {
+      n_done++;
+      continue;
+    }
+    if (cls == 5 || expired) {
+      dl__status(&r[i], cls != 5, status[f->n_failed], sizeof status[0]);
+      dr[f->n_failed] = (struct dsn_rcpt){m->env.rcpts[i], DSN_ACTION_FAILED, status[f->n_failed],
+                                          r[i].text, hop};
+      f->failed[f->n_failed++] = m->env.rcpts[i];
+    } else {
+      f->pending[f->n_pending++] = m->env.rcpts[i];
+    }
+    dl__set_error(m, r[i].text);
+  }
+  f->changed = n_done + f->n_failed > 0;
+  dl__log(m, f->n_pending ? "deferred" : f->n_failed ? "bounced" : "delivered",
+          n, hop, f->n_pending || f->n_failed ? m->last_error : r[0].text);
+  if (n_done && (f->n_pending || f->n_failed)) dl__log(m, "delivered", n_done, hop, NULL);
+  struct spool_msg *dsn = dl__build_dsn(dl, m, dr, f->n_failed);
+  if (!dsn && f->n_failed && m->env.sender[0]) { /* keep what could not be reported */
+    for (size_t i = 0; i < f->n_failed; i++) f->pending[f->n_pending++] = f->failed[i];
+    f->changed = n_done > 0;
+  }
+  free(dr);
+  free(status);
+  if (dsn) {
+    dl->jobs++;
+    if (spool_commit(dl->sh->d->spool, dl->sh->id, dsn, false, &dl->sh->mb, dl__dsn_committed, f) == 0)
+      return;
+    dl->jobs--;
+    spool_msg_free(dsn);
+  }
+  dl__finish(f);
+}
+
+/* ---- queueing and connections --------------------------------------------- */
+
+static void dl__defer(struct delivery *dl, struct spool_msg *m) {
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  uint64_t delay = cfg->limits.retry_min_ms;
+  for (unsigned i = 0; i < m->attempts && delay < cfg->limits.retry_max_ms; i++) delay *= 2;
+  if (delay > cfg->limits.retry_max_ms) delay = cfg->limits.retry_max_ms;
+  config_unref(cfg);
+  m->attempts++;
+  m->next_try_ms = dl__now_ms() + delay;
+  free(m->data); /* reloaded from the spool at the next try: retries cost disk, not memory */
+  m->data = NULL;
+  m->next = dl->deferred;
+  dl->deferred = m;
+  dl__arm_retry(dl);
+}
+
+/* Every recipient gets the same synthetic reply (a connection problem). */
+static void dl__fail_all(struct delivery *dl, struct spool_msg *m, int code, const char *err,
+                         const char *hop) {
+  struct smtp_client_reply *r = calloc(m->env.n_rcpts, sizeof *r);
+  if (!r) {
+    dl__defer(dl, m);
+    return;
+  }
+  for (size_t i = 0; i < m->env.n_rcpts; i++) {
+    r[i].code = code;
+    snprintf(r[i].text, sizeof r[i].text, "%s", err);
+  }
+  dl__after_attempt(dl, m, r, hop);
+  free(r);
+}
+
+/* Close callback for handles whose data is their owning allocation. */
+static void dl__closed(uv_handle_t *h) { free(h->data); }
+
+static void dl__conn_drop(struct dl_conn *cn) {
+  struct dl_host *h = cn->h;
+  for (struct dl_conn **pp = &h->conns; *pp; pp = &(*pp)->next)
+    if (*pp == cn) {
+      *pp = cn->next;
+      break;
+    }
+  h->n_conns--;
+  cn->dead = true;
+  if (cn->c) smtp_client_close(cn->c);
+  uv_close((uv_handle_t *)&cn->idle, dl__closed);
+}
+
+static void dl__on_idle(uv_timer_t *t) { dl__conn_drop(t->data); }
+
+static struct delivery *dl__of(struct dl_conn *cn);
+static void dl__conn_next(struct dl_conn *cn);
+
+static void dl__on_done(struct smtp_client *c, int status, const char *err,
+                        const struct smtp_client_reply *rcpt, size_t n,
+                        const struct smtp_client_reply *data, void *arg) {
+  (void)c;
+  struct dl_conn *cn = arg;
+  struct delivery *dl = dl__of(cn);
+  struct spool_msg *m = cn->m;
+  cn->m = NULL;
+  dl->busy--;
+  if (status != 0) {
+    cn->c = NULL; /* the client closes itself after a failure */
+    dl__conn_drop(cn);
+    dl__fail_all(dl, m, 451, err, cn->h->key);
+    return;
+  }
+  struct smtp_client_reply *r = malloc(n * sizeof *r);
+  if (!r) {
+    dl__defer(dl, m);
+  } else {
+    for (size_t i = 0; i < n; i++) /* a recipient is done only if the data was taken too */
+      r[i] = rcpt[i].code / 100 == 2 ? *data : rcpt[i];
+    dl__after_attempt(dl, m, r, cn->h->key);
+    free(r);
+  }
+  dl__conn_next(cn);
+}
+
+static void dl__on_ready(struct smtp_client *c, int status, const char *err, void *arg) {
+  (void)c;
+  struct dl_conn *cn = arg;
+  struct dl_host *h = cn->h;
+  if (status == 0) {
+    cn->ready = true;
+    dl__conn_next(cn);
+    return;
+  }
+  cn->c = NULL;
+  bool was_idle = cn->ready;
+  dl__conn_drop(cn);
+  if (was_idle) return; /* an idle connection closed by the peer: nothing lost */
+  snprintf(h->last_error, sizeof h->last_error, "%s", err);
+  struct delivery *dl = dl__of(cn);
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  h->down_until_ms = dl__now_ms() + cfg->limits.retry_min_ms;
+  config_unref(cfg);
+  while (h->q_head && h->n_conns == 0) { /* the host is down: everyone waiting retries later */
+    struct spool_msg *m = h->q_head;
+    h->q_head = m->next;
+    if (!h->q_head) h->q_tail = NULL;
+    m->next = NULL;
+    dl__fail_all(dl, m, 451, err, h->key);
+  }
+}
+
+static struct delivery *dl__of(struct dl_conn *cn) { return cn->h->dl; }
+
+static void dl__conn_next(struct dl_conn *cn) {
+  struct dl_host *h = cn->h;
+  struct delivery *dl = h->dl;
+  if (dl->draining) {
+    dl__conn_drop(cn);
+    return;
+  }
+  struct spool_msg *m = h->q_head;
+  if (!m) { /* keep it a moment for the next message (connection reuse) */
+    uv_timer_start(&cn->idle, dl__on_idle, DL_IDLE_CONN_MS, 0);
+    return;
+  }
+  uv_timer_stop(&cn->idle);
+  h->q_head = m->next;
+  if (!h->q_head) h->q_tail = NULL;
+  m->next = NULL;
+  cn->m = m;
+  dl->busy++;
+  int rc = smtp_client_send(cn->c, m->env.sender, m->env.rcpts, m->env.n_rcpts, m->data, m->data_len,
+                            (m->env.flags & SPOOL_F_8BITMIME) != 0, dl__on_done, cn);
+  if (rc != 0) {
+    cn->m = NULL;
+    dl->busy--;
+    dl__conn_drop(cn);
+    dl__fail_all(dl, m, 451, sgerr_str(rc), h->key);
+  }
+}
+
+static void dl__conn_open(struct delivery *dl, struct dl_host *h) {
+  struct dl_conn *cn = calloc(1, sizeof *cn);
+  if (!cn) return;
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  struct smtp_client_opts o = {h->addr.host, h->addr.port, cfg->hostname,
+                               cfg->limits.connect_timeout_ms, cfg->limits.reply_timeout_ms};
+  cn->h = h;
+  uv_timer_init(&dl->sh->loop, &cn->idle);
+  cn->idle.data = cn;
+  cn->next = h->conns;
+  h->conns = cn;
+  h->n_conns++;
+  int rc = smtp_client_open(&dl->sh->loop, &o, dl__on_ready, cn, &cn->c);
+  config_unref(cfg);
+  if (rc != 0) {
+    cn->c = NULL;
+    dl__conn_drop(cn);
+  }
+}
+
+static void dl__pump(struct delivery *dl, struct dl_host *h) {
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  unsigned max = cfg->limits.delivery_connections;
+  config_unref(cfg);
+  for (struct dl_conn *cn = h->conns, *next; cn && h->q_head; cn = next) {
+    next = cn->next;
+    if (cn->ready && !cn->m) dl__conn_next(cn);
+  }
+  size_t queued = 0, connecting = 0;
+  for (struct spool_msg *m = h->q_head; m && queued <= max; m = m->next) queued++;
+  for (struct dl_conn *cn = h->conns; cn; cn = cn->next) connecting += !cn->ready;
+  while (connecting < queued && h->n_conns < max) {
+    unsigned before = h->n_conns;
+    dl__conn_open(dl, h);
+    if (h->n_conns <= before) break;
+    connecting++;
+  }
+}
+
+static void dl__loaded(struct spool_msg *m, int status, void *arg) {
+  struct delivery *dl = arg;
+  dl->jobs--;
+  if (status == 0) dl__route(dl, m);
+  else if (status == SG_ECORRUPT) dl__release(dl, m); /* moved to corrupt/, logged */
+  else dl__defer(dl, m);
+  shard_check_idle(dl->sh);
+}
+
+static void dl__route(struct delivery *dl, struct spool_msg *m) {
+  if (dl->draining) { /* it is on disk; the next start delivers it */
+    m->next = dl->deferred;
+    dl->deferred = m;
+    return;
+  }
+  if (!m->data) {
+    dl->jobs++;
+    if (spool_load(dl->sh->d->spool, m, &dl->sh->mb, dl__loaded, dl) != 0) {
+      dl->jobs--;
+      dl__defer(dl, m);
+    }
+    return;
+  }
+  struct config_hostport hp;
+  struct dl_host *h = dl__next_hop(dl, m, &hp) == 0 ? dl__host(dl, &hp) : NULL;
+  if (!h) {
+    dl__defer(dl, m);
+    return;
+  }
+  if (h->down_until_ms > dl__now_ms()) {
+    dl__fail_all(dl, m, 451, h->last_error, h->key);
+    return;
+  }
+  m->next = NULL;
+  if (h->q_tail) h->q_tail->next = m;
+  else h->q_head = m;
+  h->q_tail = m;
+  dl__pump(dl, h);
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+int delivery_init(struct shard *sh, struct delivery **out) {
+  struct delivery *dl = calloc(1, sizeof *dl);
+  if (!dl) return SG_ENOMEM;
+  dl->sh = sh;
+  uv_timer_init(&sh->loop, &dl->retry);
+  dl->retry.data = dl;
+  *out = dl;
+  return 0;
+}
+
+void delivery_enqueue(struct delivery *dl, struct spool_msg *m) {
+  dl__own(dl, m);
+  dl__route(dl, m);
+}
+
+void delivery_flush(struct delivery *dl) {
+  for (struct dl_host *h = dl->hosts; h; h = h->next) h->down_until_ms = 0;
+  for (struct spool_msg *m = dl->deferred; m; m = m->next) m->next_try_ms = 0;
+  dl__arm_retry(dl);
+}
+
+static void dl__field(struct buf *out, const char *s) {
+  for (; s && *s; s++) {
+    char ch = (*s == '\t' || *s == '\n' || *s == '\r') ? ' ' : *s;
+    buf_append(out, &ch, 1);
+  }
+}
+
+void delivery_list(struct delivery *dl, struct buf *out) {
+  for (struct spool_msg *m = dl->all; m; m = m->all_next) {
+    buf_appendf(out, "%s\t%" PRIu64 "\t%zu\t%u\t%" PRIu64 "\t", m->env.queue_id, m->env.arrival_ms,
+                m->data_len, m->attempts, m->next_try_ms);
+    dl__field(out, m->env.sender);
+    buf_append(out, "\t", 1);
+    for (size_t i = 0; i < m->env.n_rcpts; i++) {
+      if (i) buf_append(out, ",", 1);
+      dl__field(out, m->env.rcpts[i]);
+    }
+    buf_append(out, "\t", 1);
+    dl__field(out, m->last_error);
+    buf_append(out, "\n", 1);
+  }
+}
+
+void delivery_drain(struct delivery *dl) {
+  dl->draining = true;
+  uv_timer_stop(&dl->retry);
+  for (struct dl_host *h = dl->hosts; h; h = h->next)
+    for (struct dl_conn *cn = h->conns, *next; cn; cn = next) {
+      next = cn->next;
+      if (!cn->m) dl__conn_drop(cn);
+    }
+}
+
+bool delivery_idle(struct delivery *dl) { return dl->busy == 0 && dl->jobs == 0; }
+
+void delivery_close(struct delivery *dl) {
+  while (dl->hosts) {
+    struct dl_host *h = dl->hosts;
+    dl->hosts = h->next;
+    while (h->conns) dl__conn_drop(h->conns);
+    free(h->key);
+    free(h->addr.host);
+    free(h);
+  }
+  while (dl->all) dl__release(dl, dl->all);
+  uv_close((uv_handle_t *)&dl->retry, dl__closed);
+}
