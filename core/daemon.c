@@ -33,6 +33,7 @@ struct daemon_main {
   char **keys; /* listener addresses currently bound */
   size_t n_keys;
   int lock_fd;
+  bool loop_ready; /* the main loop was initialised (daemon__stop must know) */
 };
 
 struct config *daemon_config_get(struct daemon *d) {
@@ -300,7 +301,8 @@ static int daemon__start_shards(struct daemon_main *m) {
 }
 
 static int daemon__start_main_loop(struct daemon_main *m) {
-  uv_loop_init(&m->loop);
+  if (uv_loop_init(&m->loop) != 0) return SG_EIO;
+  m->loop_ready = true;
   uv_signal_t *sigs[] = {&m->sig_term, &m->sig_int, &m->sig_hup};
   int nums[] = {SIGTERM, SIGINT, SIGHUP};
   for (int i = 0; i < 3; i++) {
@@ -325,10 +327,12 @@ static void daemon__stop(struct daemon_main *m) {
   for (unsigned i = 0; i < m->d.n_shards; i++) shard_join(m->d.shards[i]);
   free(m->d.shards);
   spool_close(m->d.spool);
-  control_close(m->ctl);
-  uv_walk(&m->loop, daemon__walk_close, NULL);
-  uv_run(&m->loop, UV_RUN_DEFAULT);
-  uv_loop_close(&m->loop);
+  if (m->loop_ready) {
+    control_close(m->ctl);
+    uv_walk(&m->loop, daemon__walk_close, NULL);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&m->loop);
+  }
   daemon__keys_free(m);
   config_unref(m->d.cfg);
   free(m->d.instance_dir);

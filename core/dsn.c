@@ -218,18 +218,27 @@ struct used_set {
   size_t n, cap;
 };
 
+static int hex8(const char *p, unsigned long *v_out) {
+  unsigned long v = 0;
+  for (int i = 0; i < 8; i++) {
+    char c = p[i];
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return 0;
+    v = v << 4 | (unsigned long)d;
+  }
+  *v_out = v;
+  return 1;
+}
+
 static int collect_used(const struct buf *part, const char *base, size_t blen,
                         struct used_set *u) {
+  if (!part->data) return 0; /* empty part */
   const char *p = part->data, *end = part->data + part->len;
-  while (p && (size_t)(end - p) >= blen + 9) {
+  while ((size_t)(end - p) >= blen + 9) {
     const char *hit = memmem(p, (size_t)(end - p), base, blen);
     if (!hit || (size_t)(end - hit) < blen + 9) break;
-    char hex[9];
-    memcpy(hex, hit + blen + 1, 8);
-    hex[8] = '\0';
-    char *stop;
-    unsigned long v = strtoul(hex, &stop, 16);
-    if (hit[blen] == '.' && stop == hex + 8 && hex[0] != '+' && hex[0] != '-' && hex[0] != ' ') {
+    unsigned long v;
+    if (hit[blen] == '.' && hex8(hit + blen + 1, &v)) {
       if (u->n == u->cap) {
         size_t cap = u->cap ? u->cap * 2 : 16;
         unsigned long *nv = realloc(u->v, cap * sizeof *nv);

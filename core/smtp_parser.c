@@ -331,16 +331,27 @@ static void trim(const char **s, size_t *len) {
   while (*len > 0 && is_wsp((*s)[*len - 1])) (*len)--;
 }
 
-/* XXX: strict RFC 5321 syntax refuses "EHLO my_pc" (underscores are common
- * in Windows host names).  Postfix accepts anything here by default; revisit
- * if real clients are turned away. */
+/* Lenient like Postfix's default: real clients send "EHLO my_pc" or a
+ * trailing dot, and refusing them loses mail for no security gain.  The
+ * name is only logged and written into Received (after sanitising), so we
+ * ask for one token of printable ASCII without the characters that would
+ * confuse a Received header, and well-formed address literals. */
 int smtp_parse_helo(const char *arg, size_t len, struct smtp_error *err) {
   if (!arg) return fail(err, &E_HELO_EMPTY);
   trim(&arg, &len);
   if (len == 0) return fail(err, &E_HELO_EMPTY);
-  struct cur c = {arg, arg + len};
-  bool ok = (*arg == '[') ? parse_addr_literal(&c) : parse_domain(&c);
-  return (ok && c.p == c.end) ? 0 : fail(err, &E_HELO_BAD);
+  if (len > SMTP_DOMAIN_MAX) return fail(err, &E_HELO_BAD);
+  if (*arg == '[') {
+    struct cur c = {arg, arg + len};
+    return (parse_addr_literal(&c) && c.p == c.end) ? 0 : fail(err, &E_HELO_BAD);
+  }
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)arg[i];
+    if (ch <= ' ' || ch >= 0x7f || ch == '<' || ch == '>' || ch == '"' || ch == '(' || ch == ')' ||
+        ch == '[' || ch == ']' || ch == ';' || ch == '\\')
+      return fail(err, &E_HELO_BAD);
+  }
+  return 0;
 }
 
 const char *smtp_addr_domain(const char *addr) {

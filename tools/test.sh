@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# test.sh - install, build and run the whole test suite; exits non-zero if
+# anything fails.  This is the README's test command and what CI runs.
+#   1. Release build (tcmalloc), every ctest test
+#   2. ASan + UBSan build, every ctest test again
+#   3. libFuzzer build, each fuzz target for FUZZ_SECONDS (default 60)
+# Options: --quick (step 1 only), --no-fuzz.  Env: JOBS, FUZZ_SECONDS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0 FUZZ=1
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    --no-fuzz) FUZZ=0 ;;
+    *) echo "test.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+JOBS=${JOBS:-$(nproc)}
+FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+
+tools/install-deps.sh
+
+step() { echo; echo "==== $* ===="; }
+
+step "release build and tests"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$JOBS"
+ctest --test-dir build --output-on-failure -j 1
+[ "$QUICK" = 1 ] && exit 0
+
+step "sanitizer build (ASan + UBSan) and tests"
+cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DSEALGATE_SANITIZE=ON >/dev/null
+cmake --build build-san -j "$JOBS"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-san --output-on-failure -j 1
+[ "$FUZZ" = 0 ] && exit 0
+
+step "fuzz targets, ${FUZZ_SECONDS}s each"
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSEALGATE_FUZZ=ON >/dev/null
+targets=$(ls tests/fuzz/*.cmake 2>/dev/null | xargs -r -n1 basename | sed 's/\.cmake$//')
+for t in $targets; do
+  cmake --build build-fuzz -j "$JOBS" --target "$t"
+  corpus=$(mktemp -d)
+  [ -d "tests/fuzz/corpus/$t" ] && cp -r "tests/fuzz/corpus/$t/." "$corpus/"
+  echo "fuzzing $t for ${FUZZ_SECONDS}s"
+  mkdir -p build-fuzz/artifacts
+  "build-fuzz/fuzz/$t" -max_total_time="$FUZZ_SECONDS" -artifact_prefix=build-fuzz/artifacts/ \
+    -print_final_stats=1 "$corpus" 2>&1 | tail -n 12
+  rm -rf "$corpus"
+done
+echo; echo "all tests passed"
