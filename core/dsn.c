@@ -152,7 +152,9 @@ static int build_status(const struct dsn_info *info, struct buf *b) {
   struct dsn_str host, qid;
   char arrival[40];
   fmt_date(arrival, info->arrival_ms);
-  int rc = buf_appendf(b, "Reporting-MTA: dns; %s\r\nX-Sealgate-Queue-ID: %s\r\nArrival-Date: %s\r\n",
+  int rc = buf_appendf(b,
+                       "Reporting-MTA: dns; %s\r\nX-Sealgate-Queue-ID: %s\r\n"
+                       "Arrival-Date: %s\r\n",
                        sanitize(&host, info->reporting_mta), sanitize(&qid, info->queue_id),
                        arrival);
   for (size_t i = 0; !rc && i < info->n_rcpts; i++) rc = build_rcpt_fields(&info->rcpts[i], b);

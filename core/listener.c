@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +17,25 @@ const char *listener_key(const struct config_listener *l, char *out, size_t cap)
   return out;
 }
 
-static int listener__bind_one(const struct config_hostport *hp, int *fd_out, char *err,
-                              size_t errlen) {
+/* SO_REUSEPORT lets any process of our uid that sets it too (another
+ * sealgate instance configured with the same address, say) join the group
+ * silently and take a share of the connections.  A bind without it fails
+ * while anyone listens there, so try one first. */
+static int listener__probe(const struct addrinfo *ai) {
+  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* TIME_WAIT is no owner */
+  if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  int rc = bind(fd, ai->ai_addr, ai->ai_addrlen);
+  int e = errno;
+  close(fd);
+  errno = e;
+  return rc;
+}
+
+static int listener__bind_one(const struct config_hostport *hp, bool probe, int *fd_out,
+                              char *err, size_t errlen) {
   struct addrinfo hints = {0}, *res = NULL;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -29,12 +47,15 @@ static int listener__bind_one(const struct config_hostport *hp, int *fd_out, cha
     snprintf(err, errlen, "cannot resolve %s: %s", hp->host, gai_strerror(gai));
     return SG_ECONFIG;
   }
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd = -1;
   int one = 1;
   int rc = SG_EIO;
+  if (probe && listener__probe(res) != 0) goto fail;
+  fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) goto fail;
   /* SO_REUSEPORT lets every shard bind the address; DIR/lock, taken before
-   * any bind, is what keeps a second daemon off it. */
+   * any bind, keeps a second daemon of this instance off it, and the probe
+   * any other owner of the address. */
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
       setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
     goto fail;
@@ -66,7 +87,7 @@ static int listener__plan_entry(const struct config_listener *l, char **old_keys
   for (unsigned s = 0; s < nshards; s++) e->fds[s] = -1;
   for (unsigned s = 0; s < nshards; s++) {
     char why[512];
-    int rc = listener__bind_one(&l->address, &e->fds[s], why, sizeof why);
+    int rc = listener__bind_one(&l->address, s == 0, &e->fds[s], why, sizeof why);
     if (rc) {
       snprintf(err, errlen, "listener '%s': %s", l->name, why);
       return rc;

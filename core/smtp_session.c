@@ -55,6 +55,7 @@ struct smtp_session {
   bool body8;
   char **rcpts;
   size_t n_rcpts, cap_rcpts;
+  bool rcpt_tried; /* a RCPT was given, accepted or not (tells 503 from 554 at DATA) */
   struct smtp_data data;
   struct buf body;
   struct spool_msg *msg;  /* created at DATA (queue id), committed at the end */
@@ -163,6 +164,7 @@ static void sess__reset_txn(struct smtp_session *s) {
   s->sender = NULL;
   for (size_t i = 0; i < s->n_rcpts; i++) free(s->rcpts[i]);
   s->n_rcpts = 0;
+  s->rcpt_tried = false;
   s->body8 = false;
   buf_free(&s->body);
   spool_msg_free(s->msg);
@@ -250,6 +252,7 @@ static bool sess__rcpt_allowed(const struct smtp_session *s, const char *addr) {
 static void sess__cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c) {
   struct smtp_rcpt_args a;
   struct smtp_error e;
+  if (s->state == SS_MAIL) s->rcpt_tried = true;
   if (s->state != SS_MAIL) {
     sess__reply(s, "503 5.5.1 Error: need MAIL command");
   } else if (smtp_parse_rcpt(c->arg, c->arg_len, &a, &e) != 0) {
@@ -300,6 +303,11 @@ static void sess__received_header(struct smtp_session *s) {
 static void sess__cmd_data(struct smtp_session *s) {
   if (s->state != SS_MAIL) {
     sess__reply(s, "503 5.5.1 Error: need MAIL command");
+    sess__count_error(s);
+    return;
+  }
+  if (!s->rcpt_tried) { /* no RCPT at all: out of sequence, like RCPT before MAIL */
+    sess__reply(s, "503 5.5.1 Error: need RCPT command");
     sess__count_error(s);
     return;
   }
@@ -462,6 +470,7 @@ static size_t sess__consume(struct smtp_session *s, const char *p, size_t n) {
     size_t len = (size_t)(nl - (p + off));
     const char *line = p + off;
     off += len + 1;
+    s->partial_since_ms = 0; /* a line ended: the command clock starts again */
     if (len > 0 && line[len - 1] == '\r') len--;
     if (s->discarding_line || len + 2 > SMTP_LINE_MAX) {
       s->discarding_line = false;
@@ -478,6 +487,17 @@ static void sess__arm_timer(struct smtp_session *s);
 static void sess__on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b);
 static void sess__on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 
+/* command_timeout runs from the first byte of the command line still
+ * pending, after what was just read has been consumed: a line being
+ * discarded for its length counts too (else a drip of it would only ever
+ * meet idle_timeout), and a line begun in the same read that ended the
+ * previous one starts its own clock. */
+static void sess__track_partial(struct smtp_session *s) {
+  bool pending = s->discarding_line || s->in.len > s->in_off;
+  if (s->state == SS_DATA || !pending) s->partial_since_ms = 0;
+  else if (s->partial_since_ms == 0) s->partial_since_ms = sess__now_ms();
+}
+
 static void sess__process(struct smtp_session *s) {
   if (s->in.len > s->in_off) {
     s->in_off += sess__consume(s, s->in.data + s->in_off, s->in.len - s->in_off);
@@ -486,6 +506,7 @@ static void sess__process(struct smtp_session *s) {
       s->in_off = 0;
     }
   }
+  sess__track_partial(s);
   if (s->draining && !s->closing && !s->close_after_flush &&
       (s->state == SS_INIT || s->state == SS_READY))
     sess__reply_close(s, "421 4.3.2 Service shutting down, closing connection");
@@ -527,11 +548,6 @@ static void sess__on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
       sess__close(s);
       return;
     }
-  }
-  if (s->in.len > s->in_off && s->state != SS_DATA) {
-    if (s->partial_since_ms == 0) s->partial_since_ms = sess__now_ms();
-  } else {
-    s->partial_since_ms = 0;
   }
   sess__process(s);
 }

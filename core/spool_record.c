@@ -247,7 +247,9 @@ static char *dup_bytes(const unsigned char *p, size_t n) {
 
 static int read_preamble(struct reader *r) {
   if (r->len < SPOOL_MAGIC_LEN) {
-    if (r->len == 0 || memcmp(r->p, SPOOL_MAGIC, r->len) == 0) return corrupt(r, "truncated header");
+    /* A prefix of the magic is a torn file, anything else is not ours. */
+    if (r->len == 0 || memcmp(r->p, SPOOL_MAGIC, r->len) == 0)
+      return corrupt(r, "truncated header");
     return corrupt(r, "bad magic");
   }
   if (memcmp(r->p, SPOOL_MAGIC, SPOOL_MAGIC_LEN) != 0) return corrupt(r, "bad magic");

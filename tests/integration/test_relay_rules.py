@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Relay control on the SMTP server side.
+
+Outgoing listeners relay only for clients in relay_from (550 5.7.1 at RCPT
+otherwise); incoming listeners accept only recipients in local_domains
+(550 5.7.1 otherwise) plus postmaster.  Checked with clients bound to
+different loopback addresses and, where the host has it, IPv6 ::1; what
+reaches the next hop (smtp-sink) is checked recipient by recipient.
+
+Run: SEALGATE_BIN=build/bin python3 tests/integration/test_relay_rules.py [TEST...]
+"""
+
+import contextlib
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sgtest  # noqa: E402
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+# ------------------------------------------------------------------ helpers
+# (Kept in this file on purpose: sgtest.py is shared and owned elsewhere.)
+
+def have_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def gateway(relay_from=None, extra_listeners=""):
+    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
+
+    relay_from: YAML flow list replacing the main listener's relay_from;
+    extra_listeners: YAML list items added after the main listener.  On the
+    way out the daemon must exit 0 on SIGTERM and its log must hold no
+    sanitizer report."""
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            if relay_from is not None:
+                gw.edit_config('relay_from: ["127.0.0.1/32", "::1/128"]', "relay_from: " + relay_from)
+            if extra_listeners:
+                hop = "    next_hop: 127.0.0.1:%d\n" % sink.port
+                gw.edit_config(hop, hop + extra_listeners.replace("HOP", str(sink.port)))
+            gw.start()
+            yield gw, sink
+            assert gw.running(), "sealgate died:\n" + gw.log()[-3000:]
+            code = gw.stop()
+            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
+        finally:
+            try:
+                gw.stop(10)
+            except RuntimeError:
+                pass
+            log = gw.log()
+            gw.close()
+            for mark in SANITIZER_MARKS:
+                assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
+
+
+class Client(sgtest.SMTPClient):
+    """SMTPClient from a chosen source address (sgtest's cannot bind one)."""
+
+    def __init__(self, port, source="127.0.0.1", host="127.0.0.1", timeout=15):
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
+        self.rfile = self.sock.makefile("rb")
+        self.banner = self.reply()
+        assert self.banner[0] == 220, self.banner
+
+    def expect(self, line, code, enh=None):
+        r = self.cmd(line)
+        assert r[0] == code, "%s: expected %d, got %r" % (line, code, r)
+        if enh:
+            assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (line, enh, r)
+        return r
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
+def queued_id(r):
+    m = re.search(r"queued as (\S+)", r[1])
+    assert r[0] == 250 and m, "not queued: %r" % (r,)
+    return m.group(1)
+
+
+def wait_delivered(gw, qid, timeout=15):
+    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
+    assert sgtest.wait_for(lambda: pat.search(gw.log()), timeout), \
+        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
+
+
+def sink_rcpts(sink, mid):
+    """Envelope recipients smtp-sink got with the message mid (once)."""
+    ms = [m for m in sink.messages() if sgtest.message_id(m) == mid]
+    assert len(ms) == 1, "%s reached the sink %d times" % (mid, len(ms))
+    return sorted(x.decode() for x in re.findall(rb"(?m)^X-Rcpt-Args: <([^>]*)>", ms[0]))
+
+
+def refused_everything(c, rcpts):
+    """MAIL, each RCPT refused with 550 5.7.1, DATA refused: nothing queued."""
+    c.expect("MAIL FROM:<sender@example.com>", 250)
+    for r in rcpts:
+        c.expect("RCPT TO:<%s>" % r, 550, "5.7.1")
+    c.expect("DATA", 554)
+    c.expect("RSET", 250)
+
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+# ------------------------------------------------------------------ tests
+
+INCOMING = """  - name: in
+    address: 127.0.0.1:%d
+    direction: incoming
+    local_domains: [example.org]
+    next_hop: 127.0.0.1:HOP
+"""
+
+
+@test
+def test_outgoing_client_outside_relay_from():
+    with gateway(relay_from='["10.0.0.0/8"]') as (gw, sink):
+        with Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+            refused_everything(c, ["bob@example.net", "bob@example.org", "postmaster@example.net"])
+            c.expect("NOOP", 250)  # the session goes on
+        time.sleep(0.3)
+        assert sink.count() == 0, "something was relayed"
+        assert not [l for l in gw.log().splitlines() if "result=queued" in l], gw.log()[-2000:]
+
+
+@test
+def test_outgoing_relay_from_networks():
+    nets = '["127.0.0.2/32", "127.0.1.0/24"]'
+    with gateway(relay_from=nets) as (gw, sink):
+        for src in ("127.0.0.1", "127.0.0.3", "127.0.2.1"):
+            with Client(gw.port, source=src) as c:
+                c.expect("EHLO client.test", 250)
+                refused_everything(c, ["bob@example.net"])
+        qids = {}
+        for src in ("127.0.0.2", "127.0.1.7"):
+            mid = "from-%s@test" % src
+            with Client(gw.port, source=src) as c:
+                c.expect("EHLO client.test", 250)
+                c.expect("MAIL FROM:<sender@example.com>", 250)
+                c.expect("RCPT TO:<bob@example.net>", 250)
+                qids[mid] = queued_id(c.data(sgtest.make_message(mid)))
+        for mid, q in qids.items():
+            wait_delivered(gw, q)
+            assert sink_rcpts(sink, mid) == ["bob@example.net"]
+        assert sink.count() == 2
+
+
+@test
+def test_outgoing_empty_relay_from():
+    with gateway(relay_from="[]") as (gw, sink):
+        with Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+            refused_everything(c, ["bob@example.net"])
+        time.sleep(0.3)
+        assert sink.count() == 0
+
+
+@test
+def test_incoming_local_domains():
+    in_port = sgtest.free_port()
+    with gateway(relay_from='["10.0.0.0/8"]', extra_listeners=INCOMING % in_port) as (gw, sink):
+        assert sgtest.wait_port(in_port, 10), "incoming listener not up"
+        mid = "incoming.%d@test" % os.getpid()
+        accepted = ["bob@example.org", "Carol@EXAMPLE.ORG", "postmaster", "Postmaster",
+                    "postmaster@example.org", '"dave smith"@example.org']
+        refused = ["bob@example.net", "bob@sub.example.org", "bob@example.org.evil.net",
+                   "bob@exampleXorg", "postmaster@example.net", "bob@[127.0.0.1]",
+                   "@example.org:bob@evil.net"]
+        with Client(in_port) as c:  # 127.0.0.1 is outside relay_from: no matter here
+            c.expect("EHLO client.test", 250)
+            c.expect("MAIL FROM:<sender@example.net>", 250)
+            for r in refused:
+                c.expect("RCPT TO:<%s>" % r, 550, "5.7.1")
+            for r in accepted:
+                c.expect("RCPT TO:<%s>" % r, 250)
+            c.expect("RCPT TO:<@evil.net:eve@example.org>", 250)  # source route dropped
+            qid = queued_id(c.data(sgtest.make_message(mid)))
+        wait_delivered(gw, qid)
+        want = sorted(["bob@example.org", "Carol@EXAMPLE.ORG", "postmaster", "postmaster",
+                       "postmaster@example.org", '"dave smith"@example.org', "eve@example.org"])
+        assert sink_rcpts(sink, mid) == want, sink_rcpts(sink, mid)
+        # the outgoing listener of the same daemon still refuses this client
+        with Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+            refused_everything(c, ["bob@example.org"])
+
+
+@test
+def test_incoming_only_foreign_recipients():
+    in_port = sgtest.free_port()
+    with gateway(extra_listeners=INCOMING % in_port) as (gw, sink):
+        assert sgtest.wait_port(in_port, 10), "incoming listener not up"
+        with Client(in_port) as c:
+            c.expect("EHLO client.test", 250)
+            refused_everything(c, ["a@example.com", "b@example.net"])
+        time.sleep(0.3)
+        assert sink.count() == 0
+
+
+@test
+def test_ipv6_loopback_default_relay_from():
+    if not have_ipv6_loopback():
+        print("  (skipped: no ::1 on this host)")
+        return
+    v6_port = sgtest.free_port()
+    v6 = """  - name: v6
+    address: "[::1]:%d"
+    direction: outgoing
+    next_hop: 127.0.0.1:HOP
+""" % v6_port
+    with gateway(extra_listeners=v6) as (gw, sink):
+        assert sgtest.wait_port(v6_port, 10, host="::1"), "::1 listener not up"
+        mid = "v6.%d@test" % os.getpid()
+        with Client(v6_port, source="::1", host="::1") as c:
+            c.expect("EHLO client.test", 250)
+            c.expect("MAIL FROM:<sender@example.com>", 250)
+            c.expect("RCPT TO:<bob@example.net>", 250)  # ::1/128 is in the default relay_from
+            qid = queued_id(c.data(sgtest.make_message(mid)))
+        wait_delivered(gw, qid)
+        assert sink_rcpts(sink, mid) == ["bob@example.net"]
+        msg = [m for m in sink.messages() if sgtest.message_id(m) == mid][0]
+        ours = [v for v in sgtest.header(msg, "Received") if "(sealgate)" in v]
+        assert len(ours) == 1 and "([::1])" in ours[0], ours
+
+
+# ------------------------------------------------------------------ runner
+
+def main():
+    only = sys.argv[1:]
+    failed = []
+    for fn in TESTS:
+        if only and fn.__name__ not in only:
+            continue
+        t0 = time.monotonic()
+        try:
+            fn()
+            print("PASS %s (%.1fs)" % (fn.__name__, time.monotonic() - t0), flush=True)
+        except Exception:  # noqa: BLE001 - report and go on
+            failed.append(fn.__name__)
+            print("FAIL %s (%.1fs)\n%s" % (fn.__name__, time.monotonic() - t0,
+                                           traceback.format_exc()), flush=True)
+    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
