@@ -177,8 +177,8 @@ record() {
         st="ok ($((got - MSGS)) duplicates)"
     fi
     r=$(rate "$got" "$secs")
+    printf '%-40s %8s msgs/s %8.2f s  %s\n' "$1" "$r" "$secs" "$st" >&2
     [ "$st" = ok ] || r="$r ($st)"
-    printf '%-44s %8s msgs/s  %8.2f s\n' "$1" "$r" "$secs" >&2
     RESULTS="$RESULTS| $1 | $r | $secs |
 "
     LAST_RATE=$(rate "$got" "$secs")

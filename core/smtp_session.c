@@ -69,6 +69,11 @@ struct smtp_session {
   bool handles_closing;
 };
 
+/* Replies waiting for a client that does not read them: above this we stop
+ * reading its commands (each command can make a longer reply, so without
+ * this one client could make us queue without bound). */
+#define SESS_OUT_MAX (64 * 1024)
+
 static uint64_t sess__now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -110,6 +115,15 @@ static void sess__on_write(uv_write_t *req, int status) {
   free(w->data);
   free(w);
   if (status < 0 && !s->closing) sess__close(s);
+  else if (!s->closing && !s->reading && s->state != SS_COMMIT) sess__process(s); /* paused for output */
+}
+
+/* The client did not take our last replies within idle_timeout (it stopped
+ * reading): the shutdown would wait for ever, so close hard. */
+static void sess__on_linger(uv_timer_t *t) {
+  struct smtp_session *s = t->data;
+  log_info("session %s: client not reading, closing", s->peer_str);
+  sess__close(s);
 }
 
 static void sess__on_shutdown(uv_shutdown_t *req, int status) {
@@ -144,6 +158,8 @@ static void sess__flush(struct smtp_session *s) {
     if (!req || uv_shutdown(req, (uv_stream_t *)&s->tcp, sess__on_shutdown) != 0) {
       free(req);
       sess__close(s);
+    } else {
+      uv_timer_start(&s->timer, sess__on_linger, s->cfg->limits.idle_timeout_ms, 0);
     }
     s->close_after_flush = false;
     s->closing = true; /* no more input is processed */
@@ -512,7 +528,8 @@ static void sess__process(struct smtp_session *s) {
     sess__reply_close(s, "421 4.3.2 Service shutting down, closing connection");
   sess__flush(s);
   if (s->closing) return;
-  bool want = s->state != SS_COMMIT; /* back-pressure while we sync */
+  bool want = s->state != SS_COMMIT && /* back-pressure while we sync */
+              uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < SESS_OUT_MAX;
   if (want && !s->reading) uv_read_start((uv_stream_t *)&s->tcp, sess__on_alloc, sess__on_read);
   if (!want && s->reading) uv_read_stop((uv_stream_t *)&s->tcp);
   s->reading = want;

@@ -118,6 +118,28 @@ def test_second_daemon_refused():
         assert gw.sealctl("queue", "list").returncode == 0, "first daemon's control socket is gone"
 
 
+def test_other_instance_same_address_refused():
+    """Another instance (its own folder and lock) configured with an
+    address this one listens on must not start: SO_REUSEPORT would let it
+    silently take a share of the connections."""
+    with sgtest.FakeHop() as hop1, sgtest.FakeHop() as hop2, gateway(hop1.port) as a, \
+            gateway(hop2.port, start=False) as b:
+        b.write_config(config_text([("main", a.port, hop2.port)]))
+        try:
+            r = subprocess.run([sgtest.binary("sealgate"), "-c", b.config], capture_output=True,
+                               text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("a second instance started on port %d and shares it" % a.port)
+        assert r.returncode == 1, "second instance on port %d: exit %d\n%s" % (a.port, r.returncode,
+                                                                               r.stderr[-1500:])
+        assert re.search(r"cannot listen on 127\.0\.0\.1:%d" % a.port, r.stderr), r.stderr
+        for mark in SANITIZER_MARKS:
+            assert mark not in r.stderr, r.stderr
+        for i in range(10):  # every connection still reaches the first instance
+            assert send(a.port, "only-a%d@test" % i)[0] == 250
+        assert hop1.wait_count(10, 10) == 10 and not hop2.message_ids()
+
+
 def test_control_socket_mode():
     with sgtest.FakeHop() as hop, gateway(hop.port) as gw:
         st = os.stat(os.path.join(gw.dir, "control.sock"))
@@ -249,6 +271,25 @@ def test_reload_port_taken():
                 "next hop changed by a refused reload: hop1=%s hop2=%s" % (hop1.message_ids(),
                                                                           hop2.message_ids())
             assert not hop2.message_ids()
+        finally:
+            blocker.close()
+
+
+def test_reload_port_shared_by_reuseport():
+    """Same as above when the other process set SO_REUSEPORT itself (as a
+    second sealgate would): the reload is still refused."""
+    with sgtest.FakeHop() as hop, gateway(hop.port) as gw:
+        blocker = socket.socket()
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        taken = blocker.getsockname()[1]
+        try:
+            gw.write_config(config_text([("main", gw.port, hop.port), ("clash", taken, hop.port)]))
+            r = gw.sealctl("reload")
+            assert r.returncode == 1, "reload joined another process's SO_REUSEPORT group"
+            assert "clash" in r.stderr and "in use" in r.stderr, r.stderr
+            assert answers(gw.port)
         finally:
             blocker.close()
 

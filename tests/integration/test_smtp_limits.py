@@ -215,15 +215,23 @@ def test_data_over_size():
     with Client(G.port) as c:
         c.expect("EHLO client.test", 250)
         q_exact = queued_id(c.transaction(sized_message(exact, SIZE_LIMIT)))
+        # the size is the unstuffed message: leading dots do not count twice
+        dotted = "dotted.%d@test" % os.getpid()
+        m = bytearray(sized_message(dotted, SIZE_LIMIT))
+        i = m.index(b"\r\n\r\n") + 4
+        m[i] = m[m.index(b"\r\n", i) + 2] = ord(".")  # two body lines now start with a dot
+        m = bytes(m)
+        q_dotted = queued_id(c.transaction(m))  # transaction() stuffs them
         check(c.transaction(sized_message(over, SIZE_LIMIT + 1)), 552, "5.3.4", "one octet over")
         # far over (1 MiB): read to its end, the connection stays in step
         check(c.transaction(sized_message(huge, 1 << 20, line_len=998)), 552, "5.3.4", "1 MiB")
         q_after = queued_id(c.transaction(sgtest.make_message(after)))
         c.expect("QUIT", 221)
     wait_delivered(G, q_exact)
+    wait_delivered(G, q_dotted)
     wait_delivered(G, q_after)
     ids = sink_ids(SINK)
-    assert exact in ids and after in ids and over not in ids and huge not in ids, ids
+    assert exact in ids and dotted in ids and after in ids and over not in ids and huge not in ids, ids
 
 
 @test
@@ -271,12 +279,17 @@ def test_data_line_length():
     with Client(G.port) as c:
         c.expect("EHLO client.test", 250)
         q_ok = queued_id(c.transaction(message_with_line(ok, LINE_LIMIT)))
+        # the limit counts the line after unstuffing: ".yyy" (1000) is 1001 on the wire
+        stuffed = "line-stuffed.%d@test" % os.getpid()
+        msg = sgtest.make_message(stuffed, body="." + "y" * (LINE_LIMIT - 1) + "\r\n")
+        q_stuffed = queued_id(c.transaction(msg))
         check(c.transaction(message_with_line(bad, LINE_LIMIT + 1)), 552, "5.3.4", "long DATA line")
         q_after = queued_id(c.transaction(sgtest.make_message(after)))
     wait_delivered(G, q_ok)
+    wait_delivered(G, q_stuffed)
     wait_delivered(G, q_after)
     ids = sink_ids(SINK)
-    assert ok in ids and after in ids and bad not in ids, ids
+    assert ok in ids and stuffed in ids and after in ids and bad not in ids, ids
     m = [m for m in SINK.messages() if sgtest.message_id(m) == ok][0]
     assert b"\n" + b"y" * LINE_LIMIT + b"\n" in m, "the 1000-octet line was changed"
 
@@ -331,10 +344,17 @@ def test_bad_bytes_in_commands():
     with Client(G.port) as c:
         c.expect("EHLO client.test", 250)
         for raw in (b"NOOP\x00\r\n", b"MAIL FROM:<a\x00@example.com>\r\n", b"NO\x00OP\r\n",
-                    b"RCPT TO:<b\xc3\xa4@example.net>\r\n"):
+                    b"NOOP\rRSET\r\n"):
             c.send(raw)
             check(c.reply(), 500, "5.5.2", repr(raw))
         c.expect("NOOP", 250)  # 4 errors: one below max_errors
+    with Client(G.port) as c:
+        c.expect("EHLO client.test", 250)
+        c.expect("MAIL FROM:<a@example.com>", 250)
+        for raw in (b"RCPT TO:<b\xc3\xa4@example.net>\r\n", b"RCPT TO:<b@example.net>\x7f\r\n"):
+            c.send(raw)
+            check(c.reply(), 500, "5.5.2", repr(raw))
+        c.expect("RCPT TO:<b@example.net>", 250)
 
 
 @test
@@ -383,6 +403,10 @@ def test_http_request():
         c.send(b"POST /submit HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
         check(c.reply_safe(), 421, what="POST")
         c.expect_closed("after POST")
+    with Client(G.port) as c:
+        c.send(b"CONNECT mail.example.com:443 HTTP/1.1\r\n\r\n")
+        check(c.reply_safe(), 421, what="CONNECT")
+        c.expect_closed("after CONNECT")
     assert_alive(G, "http")
 
 
@@ -473,6 +497,49 @@ def test_timeouts():
         time.sleep(0.3)
         assert mid not in sink_ids(sink), "a message cut off by the timeout was delivered"
         assert_alive(gw, "timeouts")
+
+
+def vm_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+def open_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@test
+def test_client_not_reading():
+    """A client that sends commands and never reads the replies: the daemon
+    stops reading it (its replies are not queued without bound), and the
+    session still ends after the timeouts although no 421 can reach it."""
+    with gateway({"command_timeout": '"1s"', "idle_timeout": '"2s"'}) as (gw, sink):
+        pid = gw.proc.pid
+        time.sleep(0.3)  # the readiness probe's session has gone
+        fds0, rss0 = open_fds(pid), vm_rss_kib(pid)
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        chunk = b"RSET\r\n" * 10000  # every 6-octet command earns a 14-octet reply
+        sent, cap = 0, 200 << 20
+        t0 = time.monotonic()
+        try:
+            while sent < cap:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except (socket.timeout, ConnectionResetError, BrokenPipeError):
+            pass
+        grown = vm_rss_kib(pid) - rss0
+        try:
+            assert sent < 64 << 20, "the daemon took %d MB from a client that reads nothing" % (sent >> 20)
+            assert grown < 64 * 1024, "daemon RSS grew by %d MiB" % (grown >> 10)
+            closed = sgtest.wait_for(lambda: open_fds(pid) <= fds0, 15, 0.1)
+            assert closed, "session of a non-reading client still open %.1fs later (%d fds, was %d)" \
+                % (time.monotonic() - t0, open_fds(pid), fds0)
+        finally:
+            s.close()
+        assert_alive(gw, "not-reading")
 
 
 @test

@@ -199,7 +199,9 @@ def test_simple_commands():
         c.expect("RSET", 250, "2.0.0")
         c.send(b"NOOP\n")  # a command may end in a bare LF
         check(c.reply(), 250, what="LF-terminated NOOP")
-        c.expect("QUIT", 221, "2.0.0")
+        # commands pipelined after QUIT are not answered
+        c.send(b"QUIT\r\nNOOP\r\nNOOP\r\n")
+        check(c.reply(), 221, "2.0.0", "QUIT")
         assert c.reply_safe() == (0, ""), "connection not closed after QUIT"
 
 
