@@ -57,7 +57,7 @@ case "$WORK_FS" in *tmpfs*) echo "relay.sh: warning: $WORK is on tmpfs; durabili
 [ "$WORK_FS" = "$(fs_of "$REPO")" ] ||
     echo "relay.sh: warning: $WORK ($WORK_FS) is not on the repo's filesystem" >&2
 
-SINK_PIDS= SG_PID= PF_UP= OK=0
+SINK_PIDS='' SG_PID='' PF_UP='' OK=0
 cleanup() {
     set +e
     if [ -n "$SG_PID" ] && kill -0 "$SG_PID" 2>/dev/null; then
@@ -165,7 +165,7 @@ EOF
 
 rate() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0 ? n / t : 0) }'; }
 
-RESULTS= FAIL=0 PF_RATE= SG_RATE= SG_RSS=
+RESULTS='' FAIL=0 PF_RATE='' SG_RATE='' SG_RSS=''
 # record LABEL NAME: run measure and add a results line.
 record() {
     if r=$(measure "$2" "$3"); then st=ok; else st=FAILED; FAIL=1; fi
@@ -200,7 +200,7 @@ for relay in $RELAYS; do
         record "smtp-source -> Postfix -> smtp-sink" postfix "$1"
         PF_RATE=$LAST_RATE
         "$HERE/postfix-instance.sh" stop "$WORK/postfix"
-        PF_UP=
+        PF_UP=''
         ;;
     sealgate)
         set -- $(free_ports 2)
@@ -227,7 +227,7 @@ for relay in $RELAYS; do
         elif ! wait "$SG_PID"; then
             echo "relay.sh: sealgate exited non-zero after SIGTERM" >&2; FAIL=1
         fi
-        SG_PID=
+        SG_PID=''
         ;;
     *) die "unknown relay '$relay' in RELAYS" ;;
     esac
