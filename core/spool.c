@@ -29,7 +29,17 @@ struct spool_dir {
   uint64_t synced;  /* every rename up to this one is durable */
   bool syncing;
   int sync_err;
+  /* Recycled files ("pool"): delivered messages are renamed to .pN instead
+   * of being unlinked, and the next commit writes into one of them.  On ext4
+   * (worst without a journal) allocating and freeing an inode per message
+   * costs more than the message's own fdatasync; reusing one also reuses
+   * its data blocks.  Protected by mu. */
+  struct spool_pool { uint64_t n; uint64_t size; } *pool;
+  size_t n_pool, cap_pool;
+  uint64_t pool_seq;
 };
+
+#define SPOOL_POOL_MAX 1024 /* recycled files kept per folder; more are unlinked */
 
 enum spool_op { SPOOL_OP_COMMIT, SPOOL_OP_REPLACE, SPOOL_OP_REMOVE, SPOOL_OP_LOAD };
 
@@ -99,6 +109,7 @@ static struct spool_dir *spool__dir_open(const char *root, const char *name) {
 
 static void spool__dir_free(struct spool_dir *d) {
   if (!d) return;
+  free(d->pool);
   close(d->fd);
   pthread_mutex_destroy(&d->mu);
   pthread_cond_destroy(&d->cv);
@@ -172,21 +183,56 @@ static int spool__write_all(int fd, struct iovec *iov, int n) {
   return 0;
 }
 
-/* Write tmp, fdatasync, close (checked), as Postfix does before its 250. */
-static int spool__write_file(const char *tmp, const struct spool_msg *msg) {
+/* Take a pool file for a new write (or name a fresh one). */
+static struct spool_pool spool__pool_take(struct spool_dir *d) {
+  pthread_mutex_lock(&d->mu);
+  struct spool_pool p = {++d->pool_seq, UINT64_MAX};
+  if (d->n_pool > 0) p = d->pool[--d->n_pool];
+  pthread_mutex_unlock(&d->mu);
+  return p;
+}
+
+/* Give a file back to the pool; false when the pool is full. */
+static bool spool__pool_give(struct spool_dir *d, struct spool_pool p) {
+  bool ok = false;
+  pthread_mutex_lock(&d->mu);
+  if (d->n_pool < SPOOL_POOL_MAX) {
+    if (d->n_pool == d->cap_pool) {
+      size_t cap = d->cap_pool ? d->cap_pool * 2 : 64;
+      struct spool_pool *np = realloc(d->pool, cap * sizeof *np);
+      if (np) d->pool = np, d->cap_pool = cap;
+    }
+    if (d->n_pool < d->cap_pool) d->pool[d->n_pool++] = p, ok = true;
+  }
+  pthread_mutex_unlock(&d->mu);
+  return ok;
+}
+
+static void spool__pool_path(const struct spool_dir *d, uint64_t n, char *out, size_t cap) {
+  snprintf(out, cap, "%s/.p%" PRIu64, d->path, n);
+}
+
+/* Write the record into tmp from its start, cut it to length, fdatasync,
+ * close (checked), as Postfix does before its 250.  *size is the file's
+ * size before (UINT64_MAX if unknown) and after. */
+static int spool__write_file(const char *tmp, const struct spool_msg *msg, uint64_t *size) {
   struct buf head = BUF_INIT, tail = BUF_INIT;
   int rc = spool_record_encode(&msg->env, msg->data, msg->data_len, &head, &tail);
   if (rc) goto out;
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     rc = sgerr_from_errno(errno);
     goto out;
   }
   struct iovec iov[3] = {{head.data, head.len}, {msg->data, msg->data_len}, {tail.data, tail.len}};
+  uint64_t total = head.len + msg->data_len + tail.len;
   rc = spool__write_all(fd, iov, 3);
+  /* The reader refuses bytes after the end record, so a longer old file is
+   * cut; a same-size rewrite leaves the inode alone. */
+  if (rc == 0 && *size != total && ftruncate(fd, (off_t)total) != 0) rc = sgerr_from_errno(errno);
   if (rc == 0 && fdatasync(fd) != 0) rc = sgerr_from_errno(errno);
   if (close(fd) != 0 && rc == 0) rc = sgerr_from_errno(errno);
-  if (rc) unlink(tmp);
+  *size = rc ? UINT64_MAX : total;
 out:
   buf_free(&head);
   buf_free(&tail);
@@ -196,23 +242,44 @@ out:
 static int spool__do_commit(struct spool_job *j) {
   char path[4096], tmp[4200];
   spool_msg_path(j->msg, path, sizeof path);
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int rc = spool__write_file(tmp, j->msg);
+  struct spool_pool p = spool__pool_take(j->dir);
+  spool__pool_path(j->dir, p.n, tmp, sizeof tmp);
+  int rc = spool__write_file(tmp, j->msg, &p.size);
   if (rc) {
     log_err("spool: writing %s failed: %s", tmp, sgerr_str(rc));
+    unlink(tmp);
     return rc;
   }
   unsigned flags = j->op == SPOOL_OP_REPLACE ? 0 : RENAME_NOREPLACE;
   if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, flags) != 0) {
     rc = sgerr_from_errno(errno);
     log_err("spool: rename %s failed: %s", tmp, strerror(errno));
-    unlink(tmp);
+    if (!spool__pool_give(j->dir, p)) unlink(tmp);
     return rc;
   }
   pthread_mutex_lock(&j->dir->mu);
   uint64_t seq = ++j->dir->renamed;
   pthread_mutex_unlock(&j->dir->mu);
   return spool__dir_sync_after(j->dir, seq);
+}
+
+/* A delivered message's file goes back to the pool (renamed, not synced:
+ * if a crash undoes the rename, the message is delivered again). */
+static int spool__do_remove(struct spool_job *j) {
+  char path[4096], tmp[4200];
+  spool_msg_path(j->msg, path, sizeof path);
+  struct stat st;
+  struct spool_pool p = {0, UINT64_MAX};
+  pthread_mutex_lock(&j->dir->mu);
+  p.n = ++j->dir->pool_seq;
+  pthread_mutex_unlock(&j->dir->mu);
+  spool__pool_path(j->dir, p.n, tmp, sizeof tmp);
+  if (stat(path, &st) == 0) p.size = (uint64_t)st.st_size;
+  if (rename(path, tmp) == 0) {
+    if (!spool__pool_give(j->dir, p)) unlink(tmp);
+    return 0;
+  }
+  return (unlink(path) == 0 || errno == ENOENT) ? 0 : sgerr_from_errno(errno);
 }
 
 /* Map and validate a file; on success env/data are filled (data copied). */
@@ -284,15 +351,13 @@ static void spool__job_finish(void *arg) {
 }
 
 static void spool__run_job(struct spool *sp, struct spool_job *j) {
-  char path[4096];
   switch (j->op) {
     case SPOOL_OP_COMMIT:
     case SPOOL_OP_REPLACE:
       j->status = spool__do_commit(j);
       break;
     case SPOOL_OP_REMOVE:
-      spool_msg_path(j->msg, path, sizeof path);
-      j->status = (unlink(path) == 0 || errno == ENOENT) ? 0 : sgerr_from_errno(errno);
+      j->status = spool__do_remove(j);
       break;
     case SPOOL_OP_LOAD:
       j->status = spool__do_load(sp, j);
@@ -443,6 +508,17 @@ static bool spool__is_tmp(const char *name) {
   return n > 4 && strcmp(name + n - 4, ".tmp") == 0;
 }
 
+/* A recycled file left by the previous run: back into the pool. */
+static void spool__pool_adopt(struct spool_dir *d, const char *name, const char *path) {
+  char *end;
+  if (name[1] != 'p' || name[2] < '0' || name[2] > '9') return;
+  uint64_t n = strtoull(name + 2, &end, 10);
+  struct stat st;
+  if (*end != '\0' || stat(path, &st) != 0) return;
+  if (n > d->pool_seq) d->pool_seq = n;
+  if (!spool__pool_give(d, (struct spool_pool){n, (uint64_t)st.st_size})) unlink(path);
+}
+
 /* Recover one folder: see spool_recover. */
 static int spool__recover_dir(struct spool *sp, struct spool_dir *d,
                               void (*fn)(struct spool_msg *, void *), void *arg) {
@@ -451,9 +527,12 @@ static int spool__recover_dir(struct spool *sp, struct spool_dir *d,
   int count = 0;
   struct dirent *de;
   while ((de = readdir(dh)) != NULL) {
-    if (de->d_name[0] == '.') continue;
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", d->path, de->d_name);
+    if (de->d_name[0] == '.') {
+      spool__pool_adopt(d, de->d_name, path);
+      continue;
+    }
     if (spool__is_tmp(de->d_name)) {
       /* Never acknowledged: the 250 comes only after the rename. */
       log_info("spool: removing unfinished %s", path);

@@ -7,10 +7,12 @@
  * reports back through the caller's mailbox, on the caller's loop.
  *
  * Durability protocol (the promise behind "250 after DATA"): a message is
- * written to ID.tmp, fdatasync'ed, renamed to ID, and the folder is fsync'ed.
+ * written into a recycled file .pK of the folder, fdatasync'ed, renamed to
+ * ID, and the folder is fsync'ed.
  * Folder syncs are group commits: one fsync covers every rename that
  * finished before it started, so concurrent commits share it.  The commit
- * callback reports success only after that sync.  Removal is an unlink
+ * callback reports success only after that sync.  Removal renames the
+ * file back into the pool (no inode is freed or allocated per message),
  * without a sync: if a crash undoes it, the message is delivered again
  * (at-least-once).
  *
@@ -83,7 +85,8 @@ bool spool_space_ok(struct spool *sp);
 
 /* Scan every folder at start (single-threaded; before shards run).  Each
  * valid message (data not loaded) is passed to fn, which takes ownership.
- * Torn temp files are removed; corrupt files moved to corrupt/ with a log
+ * Recycled .pK files go back to the pool (older
+ * versions' .tmp files are removed); corrupt files are moved to corrupt/ with a log
  * line.  Returns the number of messages recovered or a negative code. */
 int spool_recover(struct spool *sp, void (*fn)(struct spool_msg *msg, void *arg), void *arg);
 

@@ -49,7 +49,7 @@ def spool_files(gw):
     root = os.path.join(gw.dir, "spool")
     for d, _, names in os.walk(root):
         (corrupt if os.path.basename(d) == "corrupt" else out).extend(
-            os.path.join(d, n) for n in names)
+            os.path.join(d, n) for n in names if not n.startswith(".p"))  # recycled files
     return out, corrupt
 
 

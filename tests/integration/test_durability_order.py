@@ -10,8 +10,10 @@ sends messages (some concurrently, so folder syncs are shared), and checks
 for every queue id ID that the "250 2.0.0 Ok: queued as ID" written to the
 client's socket starts after
 
-  1. fdatasync() of q<N>/ID.tmp returned 0,
-  2. the rename of q<N>/ID.tmp to q<N>/ID returned 0 (and started after 1),
+  1. fdatasync() of the file that becomes q<N>/ID returned 0: a recycled
+     pool file q<N>/.pK (or q<N>/ID.tmp), synced after that file last
+     changed hands (its previous rename), so the sync is for this message,
+  2. the rename of that file to q<N>/ID returned 0 (and started after 1),
   3. an fsync() of the folder q<N> returned 0 that *started* after that
      rename returned (a sync that began earlier may not cover the rename).
 
@@ -124,20 +126,24 @@ def check_order(calls, qids):
             continue
         reply = reply[0]
         used.add(reply.name)
-        sync = [c for c in calls if c.name == "fdatasync" and c.ok()
-                and (fd_path(c) or "").endswith("/%s.tmp" % qid)]
-        if not sync:
-            problems.append("%s: no successful fdatasync of %s.tmp" % (qid, qid))
-            continue
-        sync = sync[0]
         ren = [c for c in calls if c.name.startswith("rename") and c.ok()
-               and rename_paths(c)[0] is not None
-               and rename_paths(c)[0].endswith("/%s.tmp" % qid)
+               and rename_paths(c)[1] is not None
                and rename_paths(c)[1].endswith("/%s" % qid)]
         if len(ren) != 1:
-            problems.append("%s: %d renames of %s.tmp to %s (want 1)" % (qid, len(ren), qid, qid))
+            problems.append("%s: %d renames to %s (want 1)" % (qid, len(ren), qid))
             continue
         ren = ren[0]
+        src = rename_paths(ren)[0]
+        # The file's previous life ends at the last rename that touched it.
+        prev = max([c.end for c in calls if c.name.startswith("rename") and c.ok()
+                    and c is not ren and c.end < ren.start and src in rename_paths(c)],
+                   default=-1)
+        sync = [c for c in calls if c.name == "fdatasync" and c.ok()
+                and fd_path(c) == src and c.start > prev]
+        if not sync:
+            problems.append("%s: no successful fdatasync of %s before its rename" % (qid, src))
+            continue
+        sync = sync[0]
         folder = os.path.dirname(rename_paths(ren)[1])
         if os.path.dirname(fd_path(sync)) != folder:
             problems.append("%s: synced %s but renamed into %s" % (qid, fd_path(sync), folder))
@@ -173,9 +179,19 @@ def self_test():
          "12 10:00:00.000011 +++ exited with 0 +++\n")
     bad = t.replace("11 10:00:00.000007 fsync(6</s/q0> <unfinished ...>\n", "") \
            .replace("11 10:00:00.000009 <... fsync resumed>) = 0\n", "")
+    # A recycled pool file whose only fdatasync belongs to its previous
+    # message: the rename that recycled it comes after that sync.
+    stale = ("11 10:00:00.000001 fdatasync(5</s/q0/.p1>) = 0\n"
+             "11 10:00:00.000002 renameat2(AT_FDCWD</>, \"/s/q0/.p1\", AT_FDCWD</>, \"/s/q0/OLD\", "
+             "RENAME_NOREPLACE) = 0\n"
+             "11 10:00:00.000003 rename(\"/s/q0/OLD\", \"/s/q0/.p1\") = 0\n"
+             "11 10:00:00.000004 renameat2(AT_FDCWD</>, \"/s/q0/.p1\", AT_FDCWD</>, \"/s/q0/A\", "
+             "RENAME_NOREPLACE) = 0\n"
+             "11 10:00:00.000005 fsync(6</s/q0>) = 0\n"
+             "12 10:00:00.000006 write(9<TCP:[1->2]>, \"250 2.0.0 Ok: queued as A\\r\\n\", 28) = 28\n")
     d = sgtest.tmpdir("strace-selftest")
     try:
-        for text, want_ok in ((t, True), (bad, False)):
+        for text, want_ok in ((t, True), (bad, False), (stale, False)):
             p = os.path.join(d, "t")
             with open(p, "w") as f:
                 f.write(text)

@@ -49,13 +49,14 @@ def stop_ok(gw):
 
 
 def spool_files(gw):
-    """{queue id: path} of the message files in spool/q*/ (no .tmp)."""
+    """{queue id: path} of the message files in spool/q*/ (not the recycled .pN)."""
     out = {}
     root = os.path.join(gw.dir, "spool")
     for q in sorted(os.listdir(root)):
         if re.fullmatch(r"q\d+", q):
             for n in os.listdir(os.path.join(root, q)):
-                out[n] = os.path.join(root, q, n)
+                if not n.startswith("."):  # .pN: recycled files, not messages
+                    out[n] = os.path.join(root, q, n)
     return out
 
 
