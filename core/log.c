@@ -2,6 +2,7 @@
 #include "core/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <syslog.h>
@@ -10,6 +11,13 @@
 
 static enum log_level log_min = LOG_LVL_INFO;
 static int log_use_syslog;
+static atomic_int log_pid; /* cached: the daemon never forks after its first line */
+
+static int log__pid(void) {
+  int p = atomic_load_explicit(&log_pid, memory_order_relaxed);
+  if (p == 0) atomic_store_explicit(&log_pid, p = (int)getpid(), memory_order_relaxed);
+  return p;
+}
 
 void log_set_level(enum log_level min) { log_min = min; }
 
@@ -28,7 +36,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...) {
   gmtime_r(&ts.tv_sec, &tm);
   int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
   n += snprintf(line + n, sizeof line - (size_t)n, ".%03ldZ sealgate[%d] %s: ",
-                ts.tv_nsec / 1000000, (int)getpid(), names[lvl]);
+                ts.tv_nsec / 1000000, log__pid(), names[lvl]);
   int head = n;
   va_list ap;
   va_start(ap, fmt);

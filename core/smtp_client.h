@@ -38,7 +38,9 @@ struct smtp_client_opts {
   uint64_t reply_timeout_ms;
 };
 
-/* status 0: ready for send; else a negative code and err describes it. */
+/* status 0: ready for send; else a negative code and err describes it.
+ * Also called with an error when an idle (ready) connection dies: the
+ * client then frees itself and must not be used again. */
 typedef void (*smtp_client_ready_cb)(struct smtp_client *c, int status, const char *err, void *arg);
 /* status 0: rcpt[i] holds each recipient's reply and data the reply to the
  * message (code 0 if the data was not sent).  status < 0: the connection
