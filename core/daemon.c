@@ -18,6 +18,7 @@
 #include "core/delivery.h"
 #include "core/listener.h"
 #include "core/log.h"
+#include "core/privs.h"
 #include "core/sgerr.h"
 #include "core/shard.h"
 #include "core/spool.h"
@@ -287,16 +288,6 @@ static int daemon__start_shards(struct daemon_main *m) {
       m->d.n_shards = i;
       return rc;
     }
-  struct daemon_recover r = {&m->d, 0};
-  int n = spool_recover(m->d.spool, daemon__recover_one, &r);
-  if (n > 0) log_info("spool: recovered %d message(s) for delivery", n);
-  struct listener_plan plan;
-  char err[1024];
-  if ((rc = listener_plan_build(cfg, NULL, 0, m->d.n_shards, &plan, err, sizeof err)) != 0) {
-    log_err("%s", err);
-    return rc;
-  }
-  daemon__hand_out(m, &plan);
   return 0;
 }
 
@@ -355,17 +346,27 @@ int daemon_run(const char *config_path) {
   if (cfg->log_syslog) log_set_syslog(1, cfg->log_syslog);
   m.d.cfg = cfg;
   m.d.instance_dir = strdup(cfg->dir);
-  if (cfg->user) log_warn("'user: %s' is not applied yet (privilege separation comes with issue #8)", cfg->user);
-  else if (geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");
+  if (!cfg->user && geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");
   int rc = daemon__lock(&m, cfg->dir);
   if (rc == 0) rc = clientlimit_init();
   if (rc == 0) rc = daemon__start_shards(&m);
+  /* Bind while still root, then give up root before the first client and
+   * before the spool is read back (its files must become the user's). */
+  struct listener_plan plan = {0, NULL};
+  if (rc == 0 && (rc = listener_plan_build(cfg, NULL, 0, m.d.n_shards, &plan, err, sizeof err)) != 0)
+    log_err("%s", err);
   if (rc == 0) rc = daemon__start_main_loop(&m);
+  if (rc == 0 && (rc = privs_drop(cfg, err, sizeof err)) != 0) log_err("%s", err);
   if (rc == 0) {
+    struct daemon_recover r = {&m.d, 0};
+    int n = spool_recover(m.d.spool, daemon__recover_one, &r);
+    if (n > 0) log_info("spool: recovered %d message(s) for delivery", n);
+    daemon__hand_out(&m, &plan);
     log_info("sealgate %s started: %u shard(s), %zu listener(s), hostname %s", SEALGATE_VERSION,
              m.d.n_shards, cfg->n_listeners, cfg->hostname);
     uv_run(&m.loop, UV_RUN_DEFAULT);
   }
+  listener_plan_free(&plan, m.d.n_shards);
   daemon__stop(&m);
   rcu_unregister_thread();
   if (rc == 0) log_info("sealgate stopped");

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""`user:` drops root after binding (INTERFACE.md config keys).
+
+Started as root with `user: nobody`, the daemon must run as that uid with
+only that user's groups, own its instance files (spool, lock, control
+socket, config), still relay mail and accept a reload from sealctl (root
+may use the control socket).  An unknown user is refused at start with a
+clear message and exit 1.  Needs root (CI runs as root).
+
+Run: SEALGATE_BIN=build/bin python3 tests/integration/test_privileges.py
+"""
+
+import os
+import pwd
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sgtest  # noqa: E402
+
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+def status_ids(pid):
+    """(uids, gids, groups) from /proc/PID/status."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.split()
+    return ([int(x) for x in out["Uid"]], [int(x) for x in out["Gid"]],
+            [int(x) for x in out.get("Groups", [])])
+
+
+def test_drop_to_nobody():
+    nobody = pwd.getpwnam("nobody")
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            gw.edit_config("hostname:", "user: nobody\nhostname:")
+            gw.start()
+            uids, gids, groups = status_ids(gw.proc.pid)
+            assert uids == [nobody.pw_uid] * 4, uids  # real, effective, saved, fs
+            assert gids == [nobody.pw_gid] * 4, gids
+            assert 0 not in groups, groups
+            code, text = sgtest.send_message(gw.port, "a@example.com", ["b@example.net"],
+                                             sgtest.make_message("priv1@test"))
+            assert code == 250, (code, text)
+            assert sgtest.wait_for(lambda: "priv1@test" in sink.message_ids(), 15), gw.log()[-2000:]
+            for name in ("spool", "spool/q0", "lock", "control.sock", "sealgate.yaml"):
+                st = os.stat(os.path.join(gw.dir, name))
+                assert st.st_uid == nobody.pw_uid, "%s owned by uid %d" % (name, st.st_uid)
+            r = gw.sealctl("reload")
+            assert r.returncode == 0, r.stderr
+            assert "running as user nobody" in gw.log(), gw.log()[-2000:]
+            assert gw.stop() == 0, gw.log()[-2000:]
+        finally:
+            gw.stop(10)
+            log = gw.log()
+            gw.close()
+            for mark in SANITIZER_MARKS:
+                assert mark not in log, log[-4000:]
+
+
+def test_unknown_user_refused():
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            gw.edit_config("hostname:", "user: no-such-user-sealgate\nhostname:")
+            gw.start(wait=False)
+            gw.proc.wait(30)
+            assert gw.proc.returncode == 1, gw.proc.returncode
+            assert "user 'no-such-user-sealgate' does not exist" in gw.log(), gw.log()[-2000:]
+        finally:
+            gw.stop(10)
+            gw.close()
+
+
+def main():
+    if os.geteuid() != 0:
+        print("FAIL: must run as root (dropping privileges needs root)")
+        return 1
+    failed = []
+    for fn in (test_drop_to_nobody, test_unknown_user_refused):
+        try:
+            fn()
+            print("PASS %s" % fn.__name__, flush=True)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            failed.append(fn.__name__)
+            print("FAIL %s: %r" % (fn.__name__, e), flush=True)
+    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
