@@ -34,4 +34,8 @@ Then: ls -R demo-received   |   build/bin/sealctl -c demo/sealgate.yaml queue li
 Ctrl-C stops the gateway (it drains first).
 
 TXT
-build/bin/sealgate -c demo/sealgate.yaml
+# In the background so that a TERM to this script drains the gateway too.
+build/bin/sealgate -c demo/sealgate.yaml &
+SG=$!
+trap 'kill -TERM $SG 2>/dev/null || true' INT TERM
+wait $SG || wait $SG

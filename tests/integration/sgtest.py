@@ -16,8 +16,21 @@ Binaries come from $SEALGATE_BIN (default <repo>/build/bin).  Temporary
 folders go under $SEALGATE_TMP (default <build>/it-tmp, on the repo's disk,
 so fsync costs are real); set KEEP=1 to keep them.  smtp-sink needs root
 (it drops to user postfix).
+
+Contents, by purpose:
+  processes and files   binary, tmpdir, free_port, wait_port, wait_for
+  messages              make_message, message_id, header
+  next hops             Sink (smtp-sink), FakeHop (programmable replies)
+  sealgate              Instance, limits_yaml
+  daemon checks         SANITIZER_MARKS, assert_no_sanitizer_report,
+                        assert_clean_stop, assert_running, dispose
+  managed gateways      gateway (an Instance), sink_gateway (Sink + Instance)
+  clients               SMTPClient, Client (asserting), send_message, swaks
+  reply and delivery    check, queued_id, wait_delivered, sink_ids
+  test runner           test_registry, collect_tests, run_tests, report
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,9 +38,11 @@ import signal
 import socket
 import socketserver
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import traceback
 
 SRC_DIR = os.environ.get("SEALGATE_SRC") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -455,6 +470,16 @@ class Instance:
         except FileNotFoundError:
             return ""
 
+    def queued_files(self):
+        """Paths of the queued message files in spool/q*/.  Recycled pool
+        files (.pK, see docs/SPOOL.md) and spool/corrupt/ are not messages."""
+        root, out = os.path.join(self.dir, "spool"), []
+        for q in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            if re.fullmatch(r"q\d+", q):
+                out.extend(os.path.join(root, q, n) for n in sorted(os.listdir(os.path.join(root, q)))
+                           if not n.startswith("."))
+        return out
+
     def sealctl(self, *args, check=False, timeout=60):
         """Run `sealctl -c CONFIG ARGS...`; returns CompletedProcess (text)."""
         return subprocess.run([binary("sealctl"), "-c", self.config] + list(args),
@@ -483,12 +508,18 @@ class SMTPClient:
 
     c = SMTPClient(port); c.banner -> (220, "..."); c.cmd("EHLO x");
     c.data(msg) sends DATA, the dot-stuffed message and the final dot, and
-    returns the final reply; c.send(b"raw bytes") for protocol abuse."""
+    returns the final reply; c.send(b"raw bytes") for protocol abuse.
+    source: connect from this local address (e.g. "127.0.0.2", "::1")."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=30):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.rfile = self.sock.makefile("rb")
+    def __init__(self, port, host="127.0.0.1", timeout=30, source=None):
+        self._connect(port, host, timeout, source)
         self.banner = self.reply()
+
+    def _connect(self, port, host, timeout, source):
+        """Open the connection, from address `source` if given."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.rfile = self.sock.makefile("rb")
 
     def send(self, data):
         """Send raw bytes (str is encoded as UTF-8), nothing added."""

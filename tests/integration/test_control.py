@@ -363,7 +363,7 @@ def test_sigterm_with_delivery_in_flight():
         assert gw.proc.returncode == 0, gw.log()[-2000:]
         assert took < 10, "drain took %.1fs" % took
         assert hop.message_ids() == ["inflight@test"], hop.message_ids()
-        spool = [f for d, _, fs in os.walk(os.path.join(gw.dir, "spool")) for f in fs]
+        spool = gw.queued_files()
         assert not spool, "delivered message left in the spool: %s" % spool
 
 

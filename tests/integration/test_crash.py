@@ -44,13 +44,10 @@ def kill_points(n_kills, total):
 
 
 def spool_files(gw):
-    """Names of files under the instance's spool folder (corrupt/ apart)."""
-    out, corrupt = [], []
-    root = os.path.join(gw.dir, "spool")
-    for d, _, names in os.walk(root):
-        (corrupt if os.path.basename(d) == "corrupt" else out).extend(
-            os.path.join(d, n) for n in names if not n.startswith(".p"))  # recycled files
-    return out, corrupt
+    """Queued message files, and the files in spool/corrupt/."""
+    corrupt_dir = os.path.join(gw.dir, "spool", "corrupt")
+    corrupt = sorted(os.listdir(corrupt_dir)) if os.path.isdir(corrupt_dir) else []
+    return gw.queued_files(), corrupt
 
 
 def run():

@@ -49,15 +49,8 @@ def stop_ok(gw):
 
 
 def spool_files(gw):
-    """{queue id: path} of the message files in spool/q*/ (not the recycled .pN)."""
-    out = {}
-    root = os.path.join(gw.dir, "spool")
-    for q in sorted(os.listdir(root)):
-        if re.fullmatch(r"q\d+", q):
-            for n in os.listdir(os.path.join(root, q)):
-                if not n.startswith("."):  # .pN: recycled files, not messages
-                    out[n] = os.path.join(root, q, n)
-    return out
+    """{queue id: path} of the queued message files."""
+    return {os.path.basename(p): p for p in gw.queued_files()}
 
 
 def corrupt_files(gw):

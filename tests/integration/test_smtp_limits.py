@@ -617,8 +617,7 @@ def test_disk_reserve():
             c.expect("RCPT TO:<b@example.net>", 503)  # no transaction was started
             c.expect("NOOP", 250)
             c.expect("QUIT", 221)
-        spool = os.path.join(gw.dir, "spool")
-        files = [f for _, _, fs in os.walk(spool) for f in fs]
+        files = gw.queued_files()
         assert not files, "spool holds %r" % files
 
 

@@ -394,9 +394,7 @@ def test_smtp_source_load():
         rcpts = [e["rcpts"][0] for e in sink_entries(sink)]
         assert len(set(rcpts)) == total, "duplicates: %d distinct of %d" % (len(set(rcpts)), total)
         # 250 means durable and then delivered: the spool ends up empty
-        spool = os.path.join(gw.dir, "spool")
-        left = sgtest.wait_for(lambda: not any(f for _, _, fs in os.walk(spool) for f in fs
-                                               if not f.startswith(".")), 10)
+        left = sgtest.wait_for(lambda: not gw.queued_files(), 10)
         assert left, "spool not empty after delivery"
         # one session per client connection: 20 sessions, 500 messages each
         accepted = gw.log().count("result=queued")
