@@ -275,8 +275,7 @@ static int daemon__lock(struct daemon_main *m, const char *dir) {
 static int daemon__start_shards(struct daemon_main *m) {
   struct config *cfg = m->d.cfg;
   m->d.n_shards = config_effective_shards(cfg);
-  int rc = spool_open(cfg->spool_dir, m->d.n_shards, cfg->limits.disk_reserve, DAEMON_SPOOL_THREADS,
-                      &m->d.spool);
+  int rc = spool_open(cfg->spool_dir, m->d.n_shards, DAEMON_SPOOL_THREADS, &m->d.spool);
   if (rc) {
     log_err("cannot open spool %s: %s", cfg->spool_dir, sgerr_str(rc));
     return rc;

@@ -232,7 +232,7 @@ static void sess__cmd_mail(struct smtp_session *s, const struct smtp_cmd *c) {
   } else if (a.has_size && a.size > s->cfg->limits.message_size) {
     sess__reply(s, "552 5.3.4 Message size exceeds fixed limit");
     return;
-  } else if (!spool_space_ok(s->sh->d->spool)) {
+  } else if (!spool_space_ok(s->sh->d->spool, s->cfg->limits.disk_reserve)) {
     sess__reply(s, "452 4.3.1 Insufficient system storage");
     return;
   } else {
@@ -331,7 +331,7 @@ static void sess__cmd_data(struct smtp_session *s) {
     sess__reply(s, "554 5.5.1 Error: no valid recipients");
     return;
   }
-  if (!spool_space_ok(s->sh->d->spool)) {
+  if (!spool_space_ok(s->sh->d->spool, s->cfg->limits.disk_reserve)) {
     sess__reply(s, "452 4.3.1 Insufficient system storage");
     return;
   }

@@ -59,7 +59,6 @@ struct spool {
   char *corrupt;
   struct spool_dir **dirs;
   unsigned n_dirs;
-  uint64_t reserve;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   struct spool_job *head, *tail;
@@ -69,7 +68,7 @@ struct spool {
   atomic_uint_fast32_t *counters; /* per shard queue-id counters */
   unsigned n_shards;
   atomic_int_fast64_t space_checked_s;
-  atomic_bool space_ok;
+  atomic_uint_fast64_t space_avail; /* free bytes at the last check */
 };
 
 static uint64_t spool__now_ms(void) {
@@ -427,30 +426,25 @@ void spool_new_id(struct spool *sp, unsigned shard, struct spool_msg *msg) {
            spool__now_ms(), shard & 0xff, n & 0xfffff);
 }
 
-bool spool_space_ok(struct spool *sp) {
+bool spool_space_ok(struct spool *sp, uint64_t reserve) {
   int64_t now = (int64_t)time(NULL);
   if (atomic_load(&sp->space_checked_s) != now) {
     atomic_store(&sp->space_checked_s, now);
     struct statvfs sv;
-    if (statvfs(sp->root, &sv) == 0) {
-      uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
-      atomic_store(&sp->space_ok, avail > sp->reserve);
-    }
+    if (statvfs(sp->root, &sv) == 0) atomic_store(&sp->space_avail, (uint64_t)sv.f_bavail * sv.f_frsize);
   }
-  return atomic_load(&sp->space_ok);
+  return atomic_load(&sp->space_avail) > reserve;
 }
 
-int spool_open(const char *spool_dir, unsigned nshards, uint64_t reserve, unsigned threads,
-               struct spool **out) {
+int spool_open(const char *spool_dir, unsigned nshards, unsigned threads, struct spool **out) {
   *out = NULL;
   if (nshards == 0 || threads == 0) return SG_EINVAL;
   struct spool *sp = calloc(1, sizeof *sp);
   if (!sp) return SG_ENOMEM;
-  sp->reserve = reserve;
   sp->n_shards = nshards;
   pthread_mutex_init(&sp->mu, NULL);
   pthread_cond_init(&sp->cv, NULL);
-  atomic_store(&sp->space_ok, true);
+  atomic_store(&sp->space_avail, UINT64_MAX);
   atomic_store(&sp->space_checked_s, 0);
   int rc = SG_ENOMEM;
   sp->root = strdup(spool_dir);

@@ -55,9 +55,8 @@ struct spool_msg {
 typedef void (*spool_cb)(struct spool_msg *msg, int status, void *arg);
 
 /* Open (creating folders) spool_dir with folders for nshards shards.
- * reserve: free bytes below which spool_space_ok() says no. */
-int spool_open(const char *spool_dir, unsigned nshards, uint64_t reserve, unsigned threads,
-               struct spool **out);
+ * threads: how many disk jobs may run at once. */
+int spool_open(const char *spool_dir, unsigned nshards, unsigned threads, struct spool **out);
 /* Stops the threads after finishing queued work; then frees. */
 void spool_close(struct spool *sp);
 
@@ -80,8 +79,10 @@ int spool_load(struct spool *sp, struct spool_msg *msg, struct mailbox *mb, spoo
 /* Free a message (envelope, data, struct). */
 void spool_msg_free(struct spool_msg *msg);
 
-/* False when free space is below the reserve (checked at most once a second). */
-bool spool_space_ok(struct spool *sp);
+/* False when free space is at or below reserve bytes (limits.disk_reserve;
+ * the caller passes its config's value so a reload applies).  The free
+ * space is read at most once a second. */
+bool spool_space_ok(struct spool *sp, uint64_t reserve);
 
 /* Scan every folder at start (single-threaded; before shards run).  Each
  * valid message (data not loaded) is passed to fn, which takes ownership.
