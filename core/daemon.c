@@ -95,6 +95,8 @@ static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
    * must find its listener in the config it sees. */
   struct config *old = rcu_xchg_pointer(&m->d.cfg, nc);
   daemon__hand_out(m, &plan);
+  if (!daemon__same(old->log_syslog, nc->log_syslog))
+    log_set_syslog(nc->log_syslog != NULL, nc->log_syslog ? nc->log_syslog : "sealgate");
   synchronize_rcu(); /* no reader still dereferences old without a reference */
   config_unref(old);
   log_info("configuration reloaded from %s", nc->path);

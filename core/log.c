@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 static enum log_level log_min = LOG_LVL_INFO;
-static int log_use_syslog;
+static atomic_int log_use_syslog;
 static atomic_int log_pid; /* cached: the daemon never forks after its first line */
 
 static int log__pid(void) {
@@ -22,8 +22,14 @@ static int log__pid(void) {
 void log_set_level(enum log_level min) { log_min = min; }
 
 void log_set_syslog(int enabled, const char *ident) {
-  log_use_syslog = enabled;
-  if (enabled) openlog(ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
+  /* openlog() keeps the pointer: the ident must outlive the config it came from. */
+  static char log_ident[64];
+  atomic_store(&log_use_syslog, 0);
+  closelog();
+  if (!enabled) return;
+  snprintf(log_ident, sizeof log_ident, "%s", ident);
+  openlog(log_ident, LOG_PID | LOG_NDELAY, LOG_MAIL);
+  atomic_store(&log_use_syslog, 1);
 }
 
 void log_msg(enum log_level lvl, const char *fmt, ...) {
@@ -48,7 +54,7 @@ void log_msg(enum log_level lvl, const char *fmt, ...) {
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, (size_t)n);
   (void)w;
-  if (log_use_syslog) {
+  if (atomic_load(&log_use_syslog)) {
     static const int prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
     syslog(prio[lvl], "%.*s", n - head - 1, line + head);
   }
