@@ -12,6 +12,13 @@ Typical use::
         sink.wait_count(1)
         assert "t1@test" in sink.message_ids()
 
+or, with the checks every test wants on the way out (the daemon still
+runs, exits 0 on SIGTERM, and logged no sanitizer report)::
+
+    with sgtest.sink_gateway(limits={"recipients": "5"}) as (gw, sink):
+        with sgtest.Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+
 Binaries come from $SEALGATE_BIN (default <repo>/build/bin).  Temporary
 folders go under $SEALGATE_TMP (default <build>/it-tmp, on the repo's disk,
 so fsync costs are real); set KEEP=1 to keep them.  smtp-sink needs root
@@ -23,11 +30,12 @@ Contents, by purpose:
   next hops             Sink (smtp-sink), FakeHop (programmable replies)
   sealgate              Instance, limits_yaml
   daemon checks         SANITIZER_MARKS, assert_no_sanitizer_report,
-                        assert_clean_stop, assert_running, dispose
+                        assert_clean_stop, assert_running, shut_down,
+                        dispose
   managed gateways      gateway (an Instance), sink_gateway (Sink + Instance)
   clients               SMTPClient, Client (asserting), send_message, swaks
   reply and delivery    check, queued_id, wait_delivered, sink_ids
-  test runner           test_registry, collect_tests, run_tests, report
+  test runner           registry, collect_tests, run_tests, report
 """
 
 import contextlib
@@ -480,6 +488,11 @@ class Instance:
                            if not n.startswith("."))
         return out
 
+    def corrupt_files(self):
+        """Names of the files the daemon set aside in spool/corrupt/."""
+        d = os.path.join(self.dir, "spool", "corrupt")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
     def sealctl(self, *args, check=False, timeout=60):
         """Run `sealctl -c CONFIG ARGS...`; returns CompletedProcess (text)."""
         return subprocess.run([binary("sealctl"), "-c", self.config] + list(args),
@@ -499,6 +512,105 @@ class Instance:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def limits_yaml(limits):
+    """A `limits:` YAML block from a dict of already-quoted values, e.g.
+    {"message_size": '"10K"', "recipients": "5"}."""
+    return "limits:\n" + "".join("  %s: %s\n" % kv for kv in limits.items())
+
+
+# ---------------------------------------------------------------- daemon checks
+
+# Lines that AddressSanitizer / LeakSanitizer / UBSan write in their reports.
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+def assert_no_sanitizer_report(log, tail=6000):
+    """Assert that log (a daemon's or a command's output) holds no
+    sanitizer report; the message shows the last `tail` characters."""
+    for mark in SANITIZER_MARKS:
+        assert mark not in log, "sanitizer report in the daemon log:\n" + log[-tail:]
+
+
+def assert_running(gw, what=""):
+    """Assert that the daemon of Instance gw still runs."""
+    assert gw.running(), "sealgate died%s:\n%s" % (" " + what if what else "", gw.log()[-3000:])
+
+
+def assert_clean_stop(gw, tail=3000):
+    """SIGTERM the daemon of Instance gw; assert it exits 0."""
+    code = gw.stop()
+    assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-tail:])
+
+
+def shut_down(gw):
+    """Tear Instance gw down whatever state it is in: stop it (SIGTERM,
+    then SIGKILL) and remove its folder; returns what its log held."""
+    try:
+        gw.stop(10)
+    except RuntimeError:
+        pass
+    log = gw.log()
+    gw.close()
+    return log
+
+
+def dispose(gw):
+    """shut_down(gw), then assert its log holds no sanitizer report."""
+    assert_no_sanitizer_report(shut_down(gw))
+
+
+# ---------------------------------------------------------------- managed gateways
+
+@contextlib.contextmanager
+def gateway(next_hop, limits=None, yaml="", edits=(), setup=None, start=True,
+            on_exit="running", **instance_args):
+    """An Instance relaying to 127.0.0.1:next_hop, configured and (unless
+    start=False) started; yields it.
+
+    Configuration, in this order: edits, (old, new) replacements in
+    sealgate.yaml; limits, a dict for limits_yaml() appended; yaml, text
+    appended; setup(gw), a function for anything else.  instance_args go
+    to Instance (e.g. hostname=).
+
+    Leaving the block normally checks, by on_exit:
+      "running"     the daemon still runs and exits 0 on SIGTERM;
+      "if_running"  if the daemon still runs, it exits 0 on SIGTERM
+                    (for tests that stop or never start it themselves);
+      None          nothing (the test checks its stops itself).
+    In any case the daemon is then stopped, its folder removed and its log
+    must hold no sanitizer report (see dispose())."""
+    if on_exit not in ("running", "if_running", None):
+        raise ValueError("on_exit: %r" % (on_exit,))
+    gw = Instance(next_hop=next_hop, **instance_args)
+    try:
+        for old, new in edits:
+            gw.edit_config(old, new)
+        if limits:
+            gw.append_config(limits_yaml(limits))
+        if yaml:
+            gw.append_config(yaml)
+        if setup:
+            setup(gw)
+        if start:
+            gw.start()
+        yield gw
+        if on_exit == "running":
+            assert_running(gw)
+        if on_exit == "running" or (on_exit == "if_running" and gw.running()):
+            assert_clean_stop(gw)
+    finally:
+        dispose(gw)
+
+
+@contextlib.contextmanager
+def sink_gateway(limits=None, yaml="", edits=(), setup=None, on_exit="running", **instance_args):
+    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
+    The arguments and the checks on the way out are gateway()'s."""
+    with Sink() as sink, gateway(sink.port, limits=limits, yaml=yaml, edits=edits, setup=setup,
+                                 on_exit=on_exit, **instance_args) as gw:
+        yield gw, sink
 
 
 # ---------------------------------------------------------------- clients
@@ -576,6 +688,47 @@ class SMTPClient:
         self.close()
 
 
+class Client(SMTPClient):
+    """SMTPClient with assertions, for tests of the server side.
+
+    Client(port, source="127.0.0.2") connects from that address.  The
+    banner's code must be want_banner (None: not checked; the banner may
+    then be (0, "") when the server closed at once).  expect(line, code,
+    enh) sends a command and asserts its reply; expect_closed() asserts the
+    server closed the connection; close() ignores a connection already
+    gone."""
+
+    def __init__(self, port, source=None, host="127.0.0.1", timeout=15, want_banner=220):
+        self._connect(port, host, timeout, source)
+        self.banner = self.reply_safe()
+        if want_banner:
+            assert self.banner[0] == want_banner, "banner: %r" % (self.banner,)
+
+    def expect(self, line, code, enh=None):
+        """Send a command; assert the reply code (and enhanced code)."""
+        r = self.cmd(line)
+        check(r, code, enh, line)
+        return r
+
+    def reply_safe(self):
+        """reply(), with a reset after the server's close counted as EOF."""
+        try:
+            return self.reply()
+        except ConnectionResetError:
+            return (0, "")
+
+    def expect_closed(self, what=""):
+        """Assert that the server closed the connection (no more replies)."""
+        r = self.reply_safe()
+        assert r == (0, ""), "%s: expected the server to close, got %r" % (what, r)
+
+    def close(self):
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
 def send_message(port, sender, rcpts, msg, helo="client.test", host="127.0.0.1"):
     """One full transaction; returns the first non-success (code, text), or
     the final reply after DATA."""
@@ -597,3 +750,120 @@ def swaks(port, *args, sender="sender@example.com", to="rcpt@example.net", timeo
     cmd = ["swaks", "--server", "127.0.0.1:%d" % port, "--from", sender,
            "--to", to, "--helo", "swaks.test"] + list(args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------- reply and delivery checks
+
+def check(r, code, enh=None, what=""):
+    """Assert that reply r = (code, text) has this code and, if enh is
+    given, that its text starts with that enhanced status code ("5.7.1");
+    what names the step in the message."""
+    assert r[0] == code, "%s: expected %d, got %r" % (what, code, r)
+    if enh:
+        assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (what, enh, r)
+
+
+def queued_id(reply):
+    """The queue id from a "250 2.0.0 Ok: queued as ID" reply (asserted)."""
+    m = re.search(r"queued as (\S+)", reply[1])
+    assert reply[0] == 250 and m, "not queued: %r" % (reply,)
+    return m.group(1)
+
+
+def wait_delivered(gw, qid, timeout=15):
+    """Wait for the log line of Instance gw saying qid was delivered
+    (asserted)."""
+    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
+    assert wait_for(lambda: pat.search(gw.log()), timeout), \
+        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
+
+
+def sink_ids(sink):
+    """Message-IDs of everything a Sink has stored (duplicates show)."""
+    return [message_id(m) for m in sink.messages()]
+
+
+# ---------------------------------------------------------------- test runner
+#
+# A test is a function named test_*; it passes when it returns and fails
+# when it raises.  A test file ends with
+#
+#     if __name__ == "__main__":
+#         sys.exit(sgtest.run_tests(TESTS))
+#
+# and runs the tests named on its command line, or all of them.
+
+def registry():
+    """(tests, test): a list, and a decorator that appends to it in the
+    order of definition::
+
+        TESTS, test = sgtest.registry()
+
+        @test
+        def test_something(): ...
+    """
+    tests = []
+
+    def test(fn):
+        tests.append(fn)
+        return fn
+    return tests, test
+
+
+def collect_tests(namespace):
+    """The test_* functions of a module's globals(), sorted by name."""
+    return [f for n, f in sorted(namespace.items()) if n.startswith("test_") and callable(f)]
+
+
+def run_tests(tests, argv=None, shared=None, after_each=None, shared_name="shared gateway"):
+    """Run test functions and report; returns the exit status (1 if any failed).
+
+    argv: the names to run (default sys.argv[1:]; empty: all).  Prints
+    "PASS name (1.2s)" or "FAIL name (1.2s)" with the traceback for each,
+    then "N failed: names" or "all passed".
+
+    shared: a context manager factory; the tests run inside one shared()
+    (e.g. a gateway that they use through module globals).  after_each(name)
+    runs after each test, inside it (e.g. to assert the shared daemon still
+    runs).  An exception from either ends the run and counts as a failure
+    named after shared_name."""
+    only = sys.argv[1:] if argv is None else list(argv)
+    failed = []
+
+    def run_all():
+        for fn in tests:
+            name = fn.__name__
+            if only and name not in only:
+                continue
+            t0 = time.monotonic()
+            try:
+                fn()
+                print("PASS %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
+            except Exception:  # noqa: BLE001 - report and go on
+                failed.append(name)
+                print("FAIL %s (%.1fs)\n%s" % (name, time.monotonic() - t0,
+                                               traceback.format_exc()), flush=True)
+            if after_each:
+                after_each(name)
+
+    if shared is None:
+        run_all()
+    else:
+        try:
+            with shared():
+                run_all()
+        except Exception:  # noqa: BLE001 - the shared fixture's own checks
+            failed.append(shared_name.replace(" ", "-"))
+            print("FAIL %s\n%s" % (shared_name, traceback.format_exc()), flush=True)
+    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
+    return 1 if failed else 0
+
+
+def report(name, failures):
+    """End of a single-test script that collects failure messages: print
+    "FAIL: message" for each, then "PASS name" or "FAIL name"; returns the
+    exit status."""
+    for f in failures:
+        print("FAIL: " + f)
+    print("FAIL %s" % name if failures else "PASS %s" % name)
+    return 1 if failures else 0

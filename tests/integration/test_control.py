@@ -7,7 +7,6 @@ sealgate.
 Run: SEALGATE_BIN=build/bin python3 tests/integration/test_control.py
 """
 
-import contextlib
 import os
 import re
 import signal
@@ -16,12 +15,10 @@ import stat
 import subprocess
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
 
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
@@ -38,27 +35,12 @@ def config_text(listeners, extra=""):
     return "\n".join(out) + "\n" + extra
 
 
-@contextlib.contextmanager
 def gateway(hop_port, start=True):
-    """A running instance; stopped (must exit 0 on SIGTERM), checked for
-    sanitizer reports and removed on the way out."""
-    gw = sgtest.Instance(next_hop=hop_port)
-    try:
-        if start:
-            gw.start()
-        yield gw
-        if gw.running():
-            code = gw.stop()
-            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-    finally:
-        try:
-            gw.stop(10)
-        except RuntimeError:
-            pass
-        log = gw.log()
-        gw.close()
-        for mark in SANITIZER_MARKS:
-            assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
+    """sgtest.gateway: an instance relaying to hop_port, started unless
+    start=False; yields it.  On the way out it must exit 0 on SIGTERM if it
+    still runs (tests may stop it or never start it), its log must hold no
+    sanitizer report, and it is removed."""
+    return sgtest.gateway(hop_port, start=start, on_exit="if_running")
 
 
 def answers(port):
@@ -104,6 +86,26 @@ def one_line(text):
     return len(lines) == 1
 
 
+def cli_contract(name, usage_errors):
+    """Check a binary's command line contract: --help exits 0 with a usage
+    text, --version prints "NAME X.Y.Z", and each argument list in
+    usage_errors exits 2 with a one-line message.  Returns run(*args), which
+    runs the binary and returns the CompletedProcess (text)."""
+    exe = sgtest.binary(name)
+
+    def run(*a):
+        return subprocess.run([exe] + list(a), capture_output=True, text=True, timeout=30)
+    r = run("--help")
+    assert r.returncode == 0 and "usage" in r.stdout.lower(), r
+    r = run("--version")
+    assert r.returncode == 0 and re.fullmatch(r"%s %s\n" % (name, VERSION.pattern), r.stdout), r.stdout
+    for bad in usage_errors:
+        r = run(*bad)
+        assert r.returncode == 2, "%s: exit %d" % (bad, r.returncode)
+        assert one_line(r.stderr), "%s: stderr %r" % (bad, r.stderr)
+    return run
+
+
 # ------------------------------------------------------------------ tests
 
 def test_second_daemon_refused():
@@ -112,8 +114,7 @@ def test_second_daemon_refused():
                            text=True, timeout=30)
         assert r.returncode == 1, "second daemon exit %d: %s" % (r.returncode, r.stderr)
         assert "lock" in r.stderr.lower(), r.stderr
-        for mark in SANITIZER_MARKS:
-            assert mark not in r.stderr, r.stderr
+        sgtest.assert_no_sanitizer_report(r.stderr)
         assert answers(gw.port) and send(gw.port, "after2nd@test")[0] == 250
         assert gw.sealctl("queue", "list").returncode == 0, "first daemon's control socket is gone"
 
@@ -133,8 +134,7 @@ def test_other_instance_same_address_refused():
         assert r.returncode == 1, "second instance on port %d: exit %d\n%s" % (a.port, r.returncode,
                                                                                r.stderr[-1500:])
         assert re.search(r"cannot listen on 127\.0\.0\.1:%d" % a.port, r.stderr), r.stderr
-        for mark in SANITIZER_MARKS:
-            assert mark not in r.stderr, r.stderr
+        sgtest.assert_no_sanitizer_report(r.stderr)
         for i in range(10):  # every connection still reaches the first instance
             assert send(a.port, "only-a%d@test" % i)[0] == 250
         assert hop1.wait_count(10, 10) == 10 and not hop2.message_ids()
@@ -407,18 +407,8 @@ def test_reload_storm_under_traffic():
 
 
 def test_sealctl_cli():
-    ctl = sgtest.binary("sealctl")
-
-    def run(*a):
-        return subprocess.run([ctl] + list(a), capture_output=True, text=True, timeout=30)
-    r = run("--help")
-    assert r.returncode == 0 and "usage" in r.stdout.lower(), r
-    r = run("--version")
-    assert r.returncode == 0 and re.fullmatch(r"sealctl %s\n" % VERSION.pattern, r.stdout), r.stdout
-    for bad in (["--bogus"], ["-x", "queue", "list"], ["queue", "--bogus"], ["nosuchcommand"], []):
-        r = run(*bad)
-        assert r.returncode == 2, "%s: exit %d" % (bad, r.returncode)
-        assert one_line(r.stderr), "%s: stderr %r" % (bad, r.stderr)
+    run = cli_contract("sealctl", (["--bogus"], ["-x", "queue", "list"], ["queue", "--bogus"],
+                                   ["nosuchcommand"], []))
     r = run("queue", "list")
     assert r.returncode == 2, "queue list without -c: exit %d" % r.returncode
     with gateway(sgtest.free_port(), start=False) as gw:
@@ -429,18 +419,7 @@ def test_sealctl_cli():
 
 
 def test_sealgate_cli():
-    sg = sgtest.binary("sealgate")
-
-    def run(*a):
-        return subprocess.run([sg] + list(a), capture_output=True, text=True, timeout=30)
-    r = run("--help")
-    assert r.returncode == 0 and "usage" in r.stdout.lower(), r
-    r = run("--version")
-    assert r.returncode == 0 and re.fullmatch(r"sealgate %s\n" % VERSION.pattern, r.stdout), r.stdout
-    for bad in (["--bogus"], ["-x"], [], ["-c"], ["-c", "a.yaml", "extra"]):
-        r = run(*bad)
-        assert r.returncode == 2, "%s: exit %d" % (bad, r.returncode)
-        assert one_line(r.stderr), "%s: stderr %r" % (bad, r.stderr)
+    run = cli_contract("sealgate", (["--bogus"], ["-x"], [], ["-c"], ["-c", "a.yaml", "extra"]))
     with gateway(sgtest.free_port(), start=False) as gw:
         text = gw.read_config().replace("spool_dir: spool\n", "spool_dir: spool\nspooldir: x\n")
         gw.write_config(text)
@@ -454,24 +433,5 @@ def test_sealgate_cli():
 
 # ------------------------------------------------------------------ runner
 
-def main():
-    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
-    only = sys.argv[1:]
-    failed = []
-    for name, fn in tests:
-        if only and name not in only:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("PASS %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - report and go on
-            failed.append(name)
-            print("FAIL %s (%.1fs)\n%s" % (name, time.monotonic() - t0, traceback.format_exc()),
-                  flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(sgtest.collect_tests(globals())))

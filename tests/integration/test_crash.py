@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 MESSAGES = int(os.environ.get("CRASH_MESSAGES", "2000"))
 KILLS = int(os.environ.get("CRASH_KILLS", "5"))
 CONCURRENCY = 8
@@ -45,9 +44,7 @@ def kill_points(n_kills, total):
 
 def spool_files(gw):
     """Queued message files, and the files in spool/corrupt/."""
-    corrupt_dir = os.path.join(gw.dir, "spool", "corrupt")
-    corrupt = sorted(os.listdir(corrupt_dir)) if os.path.isdir(corrupt_dir) else []
-    return gw.queued_files(), corrupt
+    return gw.queued_files(), gw.corrupt_files()
 
 
 def run():
@@ -113,22 +110,13 @@ def run():
         if client and client.poll() is None:
             client.kill()
             client.wait()
-        try:
-            gw.stop(10)
-        except RuntimeError:
-            pass
-        log = gw.log()
-        gw.close()
+        log = sgtest.shut_down(gw)
         sink.close()
-    for mark in SANITIZER_MARKS:
-        if mark in log:
-            failures.append("sanitizer report in the daemon log")
-            print(log[-6000:])
-            break
-    for f in failures:
-        print("FAIL: " + f)
-    print("FAIL test_crash" if failures else "PASS test_crash")
-    return 1 if failures else 0
+    try:
+        sgtest.assert_no_sanitizer_report(log)
+    except AssertionError as e:
+        failures.append(str(e))
+    return sgtest.report("test_crash", failures)
 
 
 if __name__ == "__main__":

@@ -7,65 +7,33 @@ replies.  Run: SEALGATE_BIN=build/bin python3 tests/integration/test_delivery.py
 """
 
 import collections
-import contextlib
 import json
 import os
 import re
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
+from sgtest import queued_id  # noqa: E402
 
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 FAST_RETRY = {"retry_min": '"1s"', "retry_max": '"2s"'}
 
 
 # ------------------------------------------------------------------ helpers
 
-def limits_yaml(limits):
-    """A `limits:` block from a dict of already-quoted YAML values."""
-    return "limits:\n" + "".join("  %s: %s\n" % kv for kv in limits.items())
-
-
-@contextlib.contextmanager
 def gateway(hop_port, limits=None, top=""):
-    """A started instance relaying to 127.0.0.1:hop_port.  On the way out it
-    is stopped with SIGTERM (must exit 0) and its log is checked for
-    sanitizer reports before the folder goes."""
-    gw = sgtest.Instance(next_hop=hop_port)
-    try:
-        if limits:
-            gw.append_config(limits_yaml(limits))
-        if top:
-            gw.append_config(top)
-        gw.start()
-        yield gw
-        code = gw.stop()
-        assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-    finally:
-        try:
-            gw.stop(10)
-        except RuntimeError:
-            pass
-        log = gw.log()
-        gw.close()
-        for mark in SANITIZER_MARKS:
-            assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
+    """sgtest.gateway: a started instance relaying to 127.0.0.1:hop_port,
+    with a limits dict and top-level YAML appended; yields it.  On the way
+    out it must still run and exit 0 on SIGTERM, and its log must hold no
+    sanitizer report."""
+    return sgtest.gateway(hop_port, limits=limits, yaml=top)
 
 
 def addr(arg):
     """The address inside <...> of a FakeHop MAIL/RCPT argument."""
     m = re.search(r"<([^>]*)>", arg or "")
     return m.group(1) if m else None
-
-
-def queued_id(reply):
-    """The queue id from "2.0.0 Ok: queued as ID"."""
-    m = re.search(r"queued as (\S+)", reply[1])
-    assert reply[0] == 250 and m, "not queued: %r" % (reply,)
-    return m.group(1)
 
 
 def send(gw, mid, rcpts, sender="sender@example.com"):
@@ -480,24 +448,5 @@ def test_queue_list_many():
 
 # ------------------------------------------------------------------ runner
 
-def main():
-    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
-    only = sys.argv[1:]
-    failed = []
-    for name, fn in tests:
-        if only and name not in only:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("PASS %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - report and go on
-            failed.append(name)
-            print("FAIL %s (%.1fs)\n%s" % (name, time.monotonic() - t0, traceback.format_exc()),
-                  flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(sgtest.collect_tests(globals())))

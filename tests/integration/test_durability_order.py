@@ -38,7 +38,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
 
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 TRACED = "fdatasync,fsync,rename,renameat,renameat2,write,writev,sendto,sendmsg"
 WRITES = ("write", "writev", "sendto", "sendmsg")
 
@@ -285,14 +284,11 @@ def run():
         log = log or gw.log()
         gw.close()
         sink.close()
-    for mark in SANITIZER_MARKS:
-        if mark in log:
-            failures.append("sanitizer report in the daemon log:\n" + log[-4000:])
-            break
-    for f in failures:
-        print("FAIL: " + f)
-    print("FAIL test_durability_order" if failures else "PASS test_durability_order")
-    return 1 if failures else 0
+    try:
+        sgtest.assert_no_sanitizer_report(log, tail=4000)
+    except AssertionError as e:
+        failures.append(str(e))
+    return sgtest.report("test_durability_order", failures)
 
 
 if __name__ == "__main__":

@@ -5,47 +5,31 @@ spooldump.
 Run: SEALGATE_BIN=build/bin python3 tests/integration/test_recovery.py
 """
 
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
 
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 FAST_RETRY = 'limits:\n  retry_min: "500ms"\n  retry_max: "1s"\n'
 
 
 # ------------------------------------------------------------------ helpers
 
-@contextlib.contextmanager
 def instance(hop_port, extra=FAST_RETRY):
-    """An instance (not started) relaying to hop_port; stopped, checked for
-    sanitizer reports and removed on the way out."""
-    gw = sgtest.Instance(next_hop=hop_port)
-    try:
-        if extra:
-            gw.append_config(extra)
-        yield gw
-    finally:
-        try:
-            gw.stop(10)
-        except RuntimeError:
-            pass
-        log = gw.log()
-        gw.close()
-        for mark in SANITIZER_MARKS:
-            assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
+    """sgtest.gateway, not started: an instance relaying to hop_port with
+    extra YAML appended; yields it.  The tests check their own stops
+    (stop_ok); on the way out it is stopped, checked for sanitizer reports
+    and removed."""
+    return sgtest.gateway(hop_port, yaml=extra, start=False, on_exit=None)
 
 
 def stop_ok(gw):
-    code = gw.stop()
-    assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-2000:])
+    sgtest.assert_clean_stop(gw, tail=2000)
 
 
 def spool_files(gw):
@@ -53,18 +37,10 @@ def spool_files(gw):
     return {os.path.basename(p): p for p in gw.queued_files()}
 
 
-def corrupt_files(gw):
-    d = os.path.join(gw.dir, "spool", "corrupt")
-    return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-
 def send(gw, mid):
     """One message with Message-ID mid; returns its queue id."""
-    r = sgtest.send_message(gw.port, "keeper@example.com", ["far@example.net"],
-                            sgtest.make_message(mid, body="body of %s\r\n" % mid))
-    m = re.search(r"queued as (\S+)", r[1])
-    assert r[0] == 250 and m, "not queued: %r" % (r,)
-    return m.group(1)
+    return sgtest.queued_id(sgtest.send_message(gw.port, "keeper@example.com", ["far@example.net"],
+                                                sgtest.make_message(mid, body="body of %s\r\n" % mid)))
 
 
 def wait_deferred(gw, qids):
@@ -177,7 +153,7 @@ def test_corrupt_and_leftover_files():
                 assert re.search(r"spool: %s is corrupt \(.+\); moved to " % re.escape(p), log), \
                     "no log line for %s:\n%s" % (p, log[-3000:])
             assert "queue id does not match file name" in log, log[-3000:]
-            moved = corrupt_files(gw)
+            moved = gw.corrupt_files()
             for q in (qids["flipped"], qids["truncated"], os.path.basename(other)):
                 assert any(m.startswith(q + ".") for m in moved), "%s not in corrupt/: %s" % (q, moved)
             assert len(moved) == 3, moved
@@ -250,7 +226,7 @@ def test_corrupted_while_deferred():
                 gw.log()[-2000:]
             time.sleep(1.5)
             assert delivered(hop, "rotting@test") == 0, "damaged message delivered"
-            assert any(m.startswith(qid + ".") for m in corrupt_files(gw)), corrupt_files(gw)
+            assert any(m.startswith(qid + ".") for m in gw.corrupt_files()), gw.corrupt_files()
             assert not spool_files(gw), spool_files(gw)
             r = gw.sealctl("--json", "queue", "list")
             assert r.returncode == 0 and qid not in r.stdout, r.stdout
@@ -274,24 +250,5 @@ def test_spooldump_cli():
 
 # ------------------------------------------------------------------ runner
 
-def main():
-    tests = [(n, f) for n, f in sorted(globals().items()) if n.startswith("test_") and callable(f)]
-    only = sys.argv[1:]
-    failed = []
-    for name, fn in tests:
-        if only and name not in only:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("PASS %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - report and go on
-            failed.append(name)
-            print("FAIL %s (%.1fs)\n%s" % (name, time.monotonic() - t0, traceback.format_exc()),
-                  flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(sgtest.collect_tests(globals())))

@@ -10,22 +10,20 @@ reaches the next hop (smtp-sink) is checked recipient by recipient.
 Run: SEALGATE_BIN=build/bin python3 tests/integration/test_relay_rules.py [TEST...]
 """
 
-import contextlib
 import os
 import re
 import socket
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
-
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+from sgtest import Client, queued_id, wait_delivered  # noqa: E402
 
 
 # ------------------------------------------------------------------ helpers
-# (Kept in this file on purpose: sgtest.py is shared and owned elsewhere.)
+# The asserting Client (with a source address) and the reply checks live
+# in sgtest.py.
 
 def have_ipv6_loopback():
     try:
@@ -36,71 +34,22 @@ def have_ipv6_loopback():
         return False
 
 
-@contextlib.contextmanager
 def gateway(relay_from=None, extra_listeners=""):
-    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
+    """sgtest.sink_gateway (smtp-sink plus a started sealgate, checked on
+    the way out); yields (gw, sink).
 
     relay_from: YAML flow list replacing the main listener's relay_from;
-    extra_listeners: YAML list items added after the main listener.  On the
-    way out the daemon must exit 0 on SIGTERM and its log must hold no
-    sanitizer report."""
-    with sgtest.Sink() as sink:
-        gw = sgtest.Instance(next_hop=sink.port)
-        try:
-            if relay_from is not None:
-                gw.edit_config('relay_from: ["127.0.0.1/32", "::1/128"]', "relay_from: " + relay_from)
-            if extra_listeners:
-                hop = "    next_hop: 127.0.0.1:%d\n" % sink.port
-                gw.edit_config(hop, hop + extra_listeners.replace("HOP", str(sink.port)))
-            gw.start()
-            yield gw, sink
-            assert gw.running(), "sealgate died:\n" + gw.log()[-3000:]
-            code = gw.stop()
-            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-        finally:
-            try:
-                gw.stop(10)
-            except RuntimeError:
-                pass
-            log = gw.log()
-            gw.close()
-            for mark in SANITIZER_MARKS:
-                assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
+    extra_listeners: YAML list items added after the main listener (HOP in
+    them stands for the sink's port)."""
+    edits = []
+    if relay_from is not None:
+        edits.append(('relay_from: ["127.0.0.1/32", "::1/128"]', "relay_from: " + relay_from))
 
-
-class Client(sgtest.SMTPClient):
-    """SMTPClient from a chosen source address (sgtest's cannot bind one)."""
-
-    def __init__(self, port, source="127.0.0.1", host="127.0.0.1", timeout=15):
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
-        self.rfile = self.sock.makefile("rb")
-        self.banner = self.reply()
-        assert self.banner[0] == 220, self.banner
-
-    def expect(self, line, code, enh=None):
-        r = self.cmd(line)
-        assert r[0] == code, "%s: expected %d, got %r" % (line, code, r)
-        if enh:
-            assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (line, enh, r)
-        return r
-
-    def close(self):
-        try:
-            super().close()
-        except OSError:
-            pass
-
-
-def queued_id(r):
-    m = re.search(r"queued as (\S+)", r[1])
-    assert r[0] == 250 and m, "not queued: %r" % (r,)
-    return m.group(1)
-
-
-def wait_delivered(gw, qid, timeout=15):
-    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
-    assert sgtest.wait_for(lambda: pat.search(gw.log()), timeout), \
-        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
+    def add_listeners(gw):
+        if extra_listeners:
+            hop = "    next_hop: 127.0.0.1:%d\n" % gw.next_hop
+            gw.edit_config(hop, hop + extra_listeners.replace("HOP", str(gw.next_hop)))
+    return sgtest.sink_gateway(edits=edits, setup=add_listeners)
 
 
 def sink_rcpts(sink, mid):
@@ -119,12 +68,7 @@ def refused_everything(c, rcpts):
     c.expect("RSET", 250)
 
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+TESTS, test = sgtest.registry()
 
 
 # ------------------------------------------------------------------ tests
@@ -251,23 +195,5 @@ def test_ipv6_loopback_default_relay_from():
 
 # ------------------------------------------------------------------ runner
 
-def main():
-    only = sys.argv[1:]
-    failed = []
-    for fn in TESTS:
-        if only and fn.__name__ not in only:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("PASS %s (%.1fs)" % (fn.__name__, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - report and go on
-            failed.append(fn.__name__)
-            print("FAIL %s (%.1fs)\n%s" % (fn.__name__, time.monotonic() - t0,
-                                           traceback.format_exc()), flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(TESTS))

@@ -20,12 +20,10 @@ import select
 import socket
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
-
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+from sgtest import check, queued_id, sink_gateway as gateway, sink_ids, wait_delivered  # noqa: E402
 
 # The shared gateway's limits (tests that need other limits start their own).
 SIZE_LIMIT = 10 * 1024
@@ -39,65 +37,12 @@ SHARED_LIMITS = {"message_size": '"10K"', "recipients": str(RCPT_LIMIT),
 
 
 # ------------------------------------------------------------------ helpers
-# (Kept in this file on purpose: sgtest.py is shared and owned elsewhere.)
+# gateway (smtp-sink plus a started sealgate, checked on the way out), the
+# asserting Client and the reply checks live in sgtest.py.
 
-def limits_yaml(limits):
-    return "limits:\n" + "".join("  %s: %s\n" % kv for kv in limits.items())
-
-
-@contextlib.contextmanager
-def gateway(limits=None):
-    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
-    On the way out the daemon must exit 0 on SIGTERM and its log must hold
-    no sanitizer report."""
-    with sgtest.Sink() as sink:
-        gw = sgtest.Instance(next_hop=sink.port)
-        try:
-            if limits:
-                gw.append_config(limits_yaml(limits))
-            gw.start()
-            yield gw, sink
-            assert gw.running(), "sealgate died:\n" + gw.log()[-3000:]
-            code = gw.stop()
-            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-        finally:
-            try:
-                gw.stop(10)
-            except RuntimeError:
-                pass
-            log = gw.log()
-            gw.close()
-            for mark in SANITIZER_MARKS:
-                assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
-
-
-class Client(sgtest.SMTPClient):
-    """SMTPClient with a chosen source address and assertions.  (Its own
-    constructor, since sgtest's cannot bind a source address.)"""
-
-    def __init__(self, port, source="127.0.0.1", timeout=15, want_banner=220):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                             source_address=(source, 0))
-        self.rfile = self.sock.makefile("rb")
-        self.banner = self.reply_safe()
-        if want_banner:
-            assert self.banner[0] == want_banner, "banner: %r" % (self.banner,)
-
-    def expect(self, line, code, enh=None):
-        r = self.cmd(line)
-        check(r, code, enh, line)
-        return r
-
-    def reply_safe(self):
-        """reply(), with a reset after the server's close counted as EOF."""
-        try:
-            return self.reply()
-        except ConnectionResetError:
-            return (0, "")
-
-    def expect_closed(self, what=""):
-        r = self.reply_safe()
-        assert r == (0, ""), "%s: expected the server to close, got %r" % (what, r)
+class Client(sgtest.Client):
+    """sgtest.Client (source address, banner check, expect, expect_closed)
+    with a whole transaction in one call."""
 
     def transaction(self, msg, rcpts=("rcpt@example.net",), sender="sender@example.com"):
         """MAIL, RCPT..., DATA, message (raw, dot-stuffed here); final reply."""
@@ -109,34 +54,6 @@ class Client(sgtest.SMTPClient):
             msg += b"\r\n"
         self.send(re.sub(rb"(?m)^\.", b"..", msg) + b".\r\n")
         return self.reply()
-
-    def close(self):
-        try:
-            super().close()
-        except OSError:
-            pass
-
-
-def check(r, code, enh=None, what=""):
-    assert r[0] == code, "%s: expected %d, got %r" % (what, code, r)
-    if enh:
-        assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (what, enh, r)
-
-
-def queued_id(r):
-    m = re.search(r"queued as (\S+)", r[1])
-    assert r[0] == 250 and m, "not queued: %r" % (r,)
-    return m.group(1)
-
-
-def wait_delivered(gw, qid, timeout=15):
-    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
-    assert sgtest.wait_for(lambda: pat.search(gw.log()), timeout), \
-        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
-
-
-def sink_ids(sink):
-    return [sgtest.message_id(m) for m in sink.messages()]
 
 
 def sized_message(mid, size, line_len=70):
@@ -183,12 +100,7 @@ def avoid_minute_boundary(margin=12):
         time.sleep(60 - s + 0.2)
 
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+TESTS, test = sgtest.registry()
 
 
 # ------------------------------------------------------------------ tests on
@@ -623,30 +535,17 @@ def test_disk_reserve():
 
 # ------------------------------------------------------------------ runner
 
-def main():
+@contextlib.contextmanager
+def shared_gateway():
+    """The gateway most tests share, as the globals G and SINK."""
     global G, SINK
-    only = sys.argv[1:]
-    failed = []
-    try:
-        with gateway(SHARED_LIMITS) as (G, SINK):
-            for fn in TESTS:
-                if only and fn.__name__ not in only:
-                    continue
-                t0 = time.monotonic()
-                try:
-                    fn()
-                    print("PASS %s (%.1fs)" % (fn.__name__, time.monotonic() - t0), flush=True)
-                except Exception:  # noqa: BLE001 - report and go on
-                    failed.append(fn.__name__)
-                    print("FAIL %s (%.1fs)\n%s" % (fn.__name__, time.monotonic() - t0,
-                                                   traceback.format_exc()), flush=True)
-                assert G.running(), "the daemon died during %s:\n%s" % (fn.__name__, G.log()[-3000:])
-    except Exception:  # noqa: BLE001 - the shared gateway's own checks
-        failed.append("shared-gateway")
-        print("FAIL shared gateway\n" + traceback.format_exc(), flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
+    with gateway(SHARED_LIMITS) as (G, SINK):
+        yield
+
+
+def still_running(name):
+    sgtest.assert_running(G, "during " + name)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(TESTS, shared=shared_gateway, after_each=still_running))

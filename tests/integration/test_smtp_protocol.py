@@ -14,88 +14,25 @@ hop, swaks, smtp-source, raw sockets).  Run:
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
+from sgtest import Client, check, queued_id, wait_delivered  # noqa: E402
 
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
 HOST = "gw.test.example"  # sgtest.Instance's default --hostname
 
 
 # ------------------------------------------------------------------ helpers
-# (Kept in this file on purpose: sgtest.py is shared and owned elsewhere.)
+# gateway (smtp-sink plus a started sealgate, checked on the way out), the
+# asserting Client and the reply checks live in sgtest.py.
 
-@contextlib.contextmanager
 def gateway(yaml="", edits=()):
-    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
-
-    edits: (old, new) replacements in sealgate.yaml; yaml: appended text.
-    On the way out the daemon must exit 0 on SIGTERM and its log must hold
-    no sanitizer report."""
-    with sgtest.Sink() as sink:
-        gw = sgtest.Instance(next_hop=sink.port, hostname=HOST)
-        try:
-            for old, new in edits:
-                gw.edit_config(old, new)
-            if yaml:
-                gw.append_config(yaml)
-            gw.start()
-            yield gw, sink
-            code = gw.stop()
-            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-        finally:
-            try:
-                gw.stop(10)
-            except RuntimeError:
-                pass
-            log = gw.log()
-            gw.close()
-            for mark in SANITIZER_MARKS:
-                assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
-
-
-class Client(sgtest.SMTPClient):
-    """SMTPClient with assertions."""
-
-    def __init__(self, port, timeout=15, **kw):
-        super().__init__(port, timeout=timeout, **kw)
-        assert self.banner[0] == 220, "banner: %r" % (self.banner,)
-
-    def expect(self, line, code, enh=None):
-        """Send a command; assert the reply code (and enhanced code)."""
-        r = self.cmd(line)
-        check(r, code, enh, line)
-        return r
-
-    def reply_safe(self):
-        """reply(), with a reset after the server's close counted as EOF."""
-        try:
-            return self.reply()
-        except ConnectionResetError:
-            return (0, "")
-
-    def close(self):
-        try:
-            super().close()
-        except OSError:
-            pass
-
-
-def check(r, code, enh=None, what=""):
-    assert r[0] == code, "%s: expected %d, got %r" % (what, code, r)
-    if enh:
-        assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (what, enh, r)
-
-
-def queued_id(r):
-    m = re.search(r"queued as (\S+)", r[1])
-    assert r[0] == 250 and m, "not queued: %r" % (r,)
-    return m.group(1)
+    """sgtest.sink_gateway with our hostname; yields (gw, sink).
+    edits: (old, new) replacements in sealgate.yaml; yaml: appended text."""
+    return sgtest.sink_gateway(yaml=yaml, edits=edits, hostname=HOST)
 
 
 def sink_entries(sink):
@@ -125,13 +62,6 @@ def sink_entries(sink):
     return out
 
 
-def wait_delivered(gw, qid, timeout=15):
-    """Wait for the daemon's log line saying queue id qid was delivered."""
-    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
-    assert sgtest.wait_for(lambda: pat.search(gw.log()), timeout), \
-        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
-
-
 def entry_with(gw, sink, qid, mid):
     """The sink entry of the message queued as qid with Message-ID mid."""
     wait_delivered(gw, qid)
@@ -144,12 +74,7 @@ def our_received(data):
     return [v for v in sgtest.header(data, "Received") if "(sealgate)" in v]
 
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+TESTS, test = sgtest.registry()
 
 
 # ------------------------------------------------------------------ tests
@@ -404,30 +329,17 @@ def test_smtp_source_load():
 
 # ------------------------------------------------------------------ runner
 
-def main():
+@contextlib.contextmanager
+def shared_gateway():
+    """The gateway most tests share, as the globals G and SINK."""
     global G, SINK
-    only = sys.argv[1:]
-    failed = []
-    try:
-        with gateway() as (G, SINK):
-            for fn in TESTS:
-                if only and fn.__name__ not in only:
-                    continue
-                t0 = time.monotonic()
-                try:
-                    fn()
-                    print("PASS %s (%.1fs)" % (fn.__name__, time.monotonic() - t0), flush=True)
-                except Exception:  # noqa: BLE001 - report and go on
-                    failed.append(fn.__name__)
-                    print("FAIL %s (%.1fs)\n%s" % (fn.__name__, time.monotonic() - t0,
-                                                   traceback.format_exc()), flush=True)
-                assert G.running(), "the daemon died during %s:\n%s" % (fn.__name__, G.log()[-3000:])
-    except Exception:  # noqa: BLE001 - the shared gateway's own checks
-        failed.append("shared-gateway")
-        print("FAIL shared gateway\n" + traceback.format_exc(), flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
+    with gateway() as (G, SINK):
+        yield
+
+
+def still_running(name):
+    sgtest.assert_running(G, "during " + name)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(TESTS, shared=shared_gateway, after_each=still_running))

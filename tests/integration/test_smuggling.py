@@ -13,18 +13,15 @@ end split over reads.
 Run: SEALGATE_BIN=build/bin python3 tests/integration/test_smuggling.py [TEST...]
 """
 
-import contextlib
 import os
 import re
 import socket
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sgtest  # noqa: E402
-
-SANITIZER_MARKS = ("ERROR: AddressSanitizer", "LeakSanitizer", "runtime error:")
+from sgtest import check, queued_id, sink_gateway as gateway, wait_delivered  # noqa: E402
 
 # the issue's five, then other bare CR / bare LF shapes of a fake end
 VARIANTS = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
@@ -34,49 +31,8 @@ EVIL_RCPT = "victim@example.net"
 
 
 # ------------------------------------------------------------------ helpers
-# (Kept in this file on purpose: sgtest.py is shared and owned elsewhere.)
-
-@contextlib.contextmanager
-def gateway():
-    """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).
-    On the way out the daemon must exit 0 on SIGTERM and its log must hold
-    no sanitizer report."""
-    with sgtest.Sink() as sink:
-        gw = sgtest.Instance(next_hop=sink.port)
-        try:
-            gw.start()
-            yield gw, sink
-            assert gw.running(), "sealgate died:\n" + gw.log()[-3000:]
-            code = gw.stop()
-            assert code == 0, "sealgate exited %s on SIGTERM:\n%s" % (code, gw.log()[-3000:])
-        finally:
-            try:
-                gw.stop(10)
-            except RuntimeError:
-                pass
-            log = gw.log()
-            gw.close()
-            for mark in SANITIZER_MARKS:
-                assert mark not in log, "sanitizer report in the daemon log:\n" + log[-6000:]
-
-
-def check(r, code, enh=None, what=""):
-    assert r[0] == code, "%s: expected %d, got %r" % (what, code, r)
-    if enh:
-        assert r[1].startswith(enh + " "), "%s: expected %s, got %r" % (what, enh, r)
-
-
-def queued_id(r):
-    m = re.search(r"queued as (\S+)", r[1])
-    assert r[0] == 250 and m, "not queued: %r" % (r,)
-    return m.group(1)
-
-
-def wait_delivered(gw, qid, timeout=15):
-    pat = re.compile(r"queue_id=%s .*result=delivered" % re.escape(qid))
-    assert sgtest.wait_for(lambda: pat.search(gw.log()), timeout), \
-        "%s not delivered:\n%s" % (qid, gw.log()[-2000:])
-
+# gateway (smtp-sink plus a started sealgate, checked on the way out) and
+# the reply checks live in sgtest.py.
 
 def smuggling_payload(tag, fake_end):
     """A message whose body holds fake_end and then a whole smuggled
@@ -129,12 +85,7 @@ def no_smuggled(gw, sink):
     assert EVIL_SENDER not in gw.log(), "the daemon logged the smuggled sender:\n" + gw.log()[-2000:]
 
 
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
+TESTS, test = sgtest.registry()
 
 
 # ------------------------------------------------------------------ tests
@@ -235,23 +186,5 @@ def test_swaks_smuggling_attempt():
 
 # ------------------------------------------------------------------ runner
 
-def main():
-    only = sys.argv[1:]
-    failed = []
-    for fn in TESTS:
-        if only and fn.__name__ not in only:
-            continue
-        t0 = time.monotonic()
-        try:
-            fn()
-            print("PASS %s (%.1fs)" % (fn.__name__, time.monotonic() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - report and go on
-            failed.append(fn.__name__)
-            print("FAIL %s (%.1fs)\n%s" % (fn.__name__, time.monotonic() - t0,
-                                           traceback.format_exc()), flush=True)
-    print("%d failed: %s" % (len(failed), " ".join(failed)) if failed else "all passed")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sgtest.run_tests(TESTS))
