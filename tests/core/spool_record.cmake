@@ -2,7 +2,5 @@
 sg_unit_test(test_spool_record ${CMAKE_CURRENT_SOURCE_DIR}/test_spool_record.c sg_spool_record)
 sg_unit_test(test_dsn ${CMAKE_CURRENT_SOURCE_DIR}/test_dsn.c sg_dsn)
 # The spool record test injects allocation failures to prove that every
-# error path frees what it allocated: calls to malloc/calloc/realloc from the
-# objects linked into the test are routed through __wrap_* in the test.
-target_link_options(test_spool_record PRIVATE
-  -Wl,--wrap=malloc -Wl,--wrap=calloc -Wl,--wrap=realloc)
+# error path frees what it allocated (tests/core/alloc_fail.h).
+sg_alloc_fail(test_spool_record)

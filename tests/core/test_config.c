@@ -29,22 +29,7 @@
 #include "core/config.h"
 #include "core/sgerr.h"
 
-/* ---- allocation failure injection -------------------------------------- */
-
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t a, size_t b);
-char *__real_strdup(const char *s);
-
-static long alloc_countdown = -1; /* fail when it reaches 0; -1 = never */
-
-static int alloc_should_fail(void) {
-  if (alloc_countdown < 0) return 0;
-  return alloc_countdown-- == 0;
-}
-
-void *__wrap_malloc(size_t n) { return alloc_should_fail() ? NULL : __real_malloc(n); }
-void *__wrap_calloc(size_t a, size_t b) { return alloc_should_fail() ? NULL : __real_calloc(a, b); }
-char *__wrap_strdup(const char *s) { return alloc_should_fail() ? NULL : __real_strdup(s); }
+#include "tests/core/alloc_fail.h"
 
 /* ---- fixtures ----------------------------------------------------------- */
 
