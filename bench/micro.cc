@@ -119,6 +119,11 @@ class RatioReporter : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (std::strcmp(argv[i], "--version") == 0) {
+      std::printf("sealgate-micro %s\n", SEALGATE_VERSION);
+      return 0;
+    }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
   RatioReporter rep;
