@@ -66,12 +66,34 @@ def binary(name):
     return p
 
 
+def _reachable_by_others(path):
+    """True if every folder from / down to path lets other users through
+    (smtp-sink runs as user postfix, a test daemon may run as nobody)."""
+    path = os.path.abspath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except FileNotFoundError:
+            pass  # made below, with mode 0755
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 def tmpdir(tag="it"):
     """A fresh folder for one test (mode 0755, so user postfix can traverse).
 
-    Lives under $SEALGATE_TMP or <build>/it-tmp, i.e. on the repo's disk."""
+    Lives under $SEALGATE_TMP, else <build>/it-tmp (on the repo's disk, so
+    fsync costs are real) when other users can reach it, else under
+    /var/tmp/sealgate-it (a checkout in /root, mode 0700, is not reachable
+    by the postfix user)."""
     base = os.environ.get("SEALGATE_TMP") or os.path.join(os.path.dirname(BIN_DIR), "it-tmp")
+    if "SEALGATE_TMP" not in os.environ and not _reachable_by_others(base):
+        base = "/var/tmp/sealgate-it"
     os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o755)
     d = tempfile.mkdtemp(prefix=tag + ".", dir=base)
     os.chmod(d, 0o755)
     return d
