@@ -46,6 +46,20 @@ struct config *daemon_config_get(struct daemon *d) {
 
 struct shard *daemon_shard(struct daemon *d, unsigned i) { return d->shards[i % d->n_shards]; }
 
+/* TLS is configurable before it is implemented (issue #8): say what the
+ * settings mean until then, so nobody believes mail is encrypted. */
+static void daemon__warn_tls(const struct config *cfg) {
+  for (size_t i = 0; i < cfg->n_listeners; i++) {
+    const struct config_listener *l = &cfg->listeners[i];
+    if (l->tls == CONFIG_TLS_REQUIRED)
+      log_warn("listener '%s': tls: required, but this version has no STARTTLS: every MAIL gets 530",
+               l->name);
+    if (l->next_hop.tls == CONFIG_TLS_REQUIRED || l->next_hop.tls == CONFIG_TLS_VERIFY)
+      log_warn("listener '%s': next hop requires TLS, which this version cannot do: its mail waits",
+               l->name);
+  }
+}
+
 /* ---- listeners ------------------------------------------------------------ */
 
 static void daemon__keys_free(struct daemon_main *m) {
@@ -99,6 +113,7 @@ static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
     log_set_syslog(nc->log_syslog != NULL, nc->log_syslog ? nc->log_syslog : "sealgate");
   synchronize_rcu(); /* no reader still dereferences old without a reference */
   config_unref(old);
+  daemon__warn_tls(nc);
   log_info("configuration reloaded from %s", nc->path);
   return 0;
 }
@@ -345,6 +360,7 @@ int daemon_run(const char *config_path) {
     return 1;
   }
   if (cfg->log_syslog) log_set_syslog(1, cfg->log_syslog);
+  daemon__warn_tls(cfg);
   m.d.cfg = cfg;
   m.d.instance_dir = strdup(cfg->dir);
   if (!cfg->user && geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");

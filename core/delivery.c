@@ -94,13 +94,16 @@ static void dl__log(const struct spool_msg *m, const char *result, size_t n, con
 
 /* The next hop a message goes to: its listener's current next_hop (a reload
  * may have changed it), else the one recorded when it was accepted. */
-static int dl__next_hop(struct delivery *dl, const struct spool_msg *m, struct config_hostport *out) {
+static int dl__next_hop(struct delivery *dl, const struct spool_msg *m, struct config_hostport *out,
+                        enum config_tls *tls_out) {
   struct config *cfg = daemon_config_get(dl->sh->d);
   const struct config_listener *l = config_listener_find(cfg, m->env.listener);
   int rc;
+  *tls_out = CONFIG_TLS_NONE;
   if (l) {
     out->host = strdup(l->next_hop.addr.host);
     out->port = l->next_hop.addr.port;
+    *tls_out = l->next_hop.tls;
     rc = out->host ? 0 : SG_ENOMEM;
   } else {
     rc = config_parse_hostport(m->env.next_hop, out);
@@ -570,9 +573,16 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
     return;
   }
   struct config_hostport hp;
-  struct dl_host *h = dl__next_hop(dl, m, &hp) == 0 ? dl__host(dl, &hp) : NULL;
+  enum config_tls tls;
+  struct dl_host *h = dl__next_hop(dl, m, &hp, &tls) == 0 ? dl__host(dl, &hp) : NULL;
   if (!h) {
     dl__defer(dl, m);
+    return;
+  }
+  if (tls == CONFIG_TLS_REQUIRED || tls == CONFIG_TLS_VERIFY) {
+    /* XXX: TLS to the next hop arrives with issue #8.  Until then a hop
+     * that must be reached over TLS gets nothing in clear: mail waits. */
+    dl__fail_all(dl, m, 451, "451 4.7.5 next hop requires TLS, which this version cannot do", h->key);
     return;
   }
   if (h->down_until_ms > dl__now_ms()) {

@@ -227,6 +227,11 @@ static void sess__cmd_mail(struct smtp_session *s, const struct smtp_cmd *c) {
     sess__reply(s, "503 5.5.1 Error: send HELO/EHLO first");
   } else if (s->state != SS_READY) {
     sess__reply(s, "503 5.5.1 Error: nested MAIL command");
+  } else if (s->ls->tls == CONFIG_TLS_REQUIRED) {
+    /* XXX: STARTTLS arrives with issue #8; until then `tls: required` means
+     * no mail in clear, as RFC 3207 says for a server that requires it. */
+    sess__reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+    return;
   } else if (smtp_parse_mail(c->arg, c->arg_len, &a, &e) != 0) {
     sess__reply_err(s, &e);
   } else if (a.has_size && a.size > s->cfg->limits.message_size) {

@@ -193,6 +193,36 @@ def test_ipv6_loopback_default_relay_from():
         assert len(ours) == 1 and "([::1])" in ours[0], ours
 
 
+@test
+def test_tls_required_means_no_mail_in_clear():
+    """Until STARTTLS exists (issue #8), `tls: required` on a listener
+    refuses every MAIL with 530 5.7.0 (RFC 3207), and a next hop that
+    requires TLS gets nothing in clear: the message waits in the queue."""
+    edits = [("    next_hop: 127.0.0.1:", "    tls: required\n    tls_certificate: org\n"
+              "    next_hop: 127.0.0.1:")]
+    with sgtest.sink_gateway(edits=edits) as (gw, sink):
+        with Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+            c.expect("MAIL FROM:<sender@example.com>", 530, "5.7.0")
+        assert "has no STARTTLS" in gw.log(), gw.log()[-2000:]
+
+    def hop_needs_tls(gw):
+        gw.edit_config("    next_hop: 127.0.0.1:%d" % gw.next_hop,
+                       "    next_hop: {address: \"127.0.0.1:%d\", tls: required}" % gw.next_hop)
+    with sgtest.sink_gateway(setup=hop_needs_tls) as (gw, sink):
+        with Client(gw.port) as c:
+            c.expect("EHLO client.test", 250)
+            c.expect("MAIL FROM:<sender@example.com>", 250)
+            c.expect("RCPT TO:<bob@example.net>", 250)
+            qid = queued_id(c.data(sgtest.make_message("tlshop@test")))
+        assert sgtest.wait_for(lambda: "queue_id=%s" % qid in gw.log() and
+                               "result=deferred" in gw.log(), 10), gw.log()[-2000:]
+        time.sleep(0.5)
+        assert sink.count() == 0, "sent in clear to a next hop that requires TLS"
+        listing = gw.sealctl("queue", "list").stdout
+        assert qid in listing and "requires TLS" in listing, listing
+
+
 # ------------------------------------------------------------------ runner
 
 if __name__ == "__main__":
