@@ -14,7 +14,7 @@
 
 struct clientlimit_slot {
   atomic_uint conns;
-  atomic_uint_fast64_t rate; /* minute number << 32 | connections in that minute */
+  atomic_uint_fast64_t rate; /* see clientlimit__rate_ok */
 };
 
 static struct clientlimit_slot *clientlimit_table;
@@ -50,20 +50,40 @@ static struct clientlimit_slot *clientlimit__slot(const struct sockaddr *sa) {
   return &clientlimit_table[h % CLIENTLIMIT_SLOTS];
 }
 
-static int clientlimit__rate_ok(struct clientlimit_slot *s, unsigned rate_per_min) {
-  uint64_t minute = (uint64_t)time(NULL) / 60;
+/*
+ * Sliding-window rate (the approximation nginx and Cloudflare use): the
+ * count of the current minute plus the previous minute's count weighted by
+ * how much of it still lies inside the last 60 s.  A fixed calendar minute
+ * would let 2N connections through across a minute boundary.  The slot
+ * packs minute:32 | previous:16 | current:16 into one atomic word.
+ */
+static int clientlimit__rate_ok(struct clientlimit_slot *s, unsigned rate_per_min, uint64_t ms) {
+  uint64_t minute = (ms / 60000) & 0xffffffffu, into = ms % 60000;
   uint64_t old = atomic_load(&s->rate);
   for (;;) {
-    uint64_t count = (old >> 32) == minute ? (old & 0xffffffffu) : 0;
-    if (count >= rate_per_min) return 0;
-    uint64_t nv = (minute << 32) | (count + 1);
+    uint64_t m = old >> 32, prev = (old >> 16) & 0xffff, cur = old & 0xffff;
+    if (m != minute) { /* the window moved on by one minute, or more */
+      prev = (m + 1 == minute) ? cur : 0;
+      cur = 0;
+    }
+    /* cur + prev * (60000 - into) / 60000 >= rate, without rounding down */
+    if (cur * 60000 + prev * (60000 - into) >= (uint64_t)rate_per_min * 60000) return 0;
+    uint64_t nv = (minute << 32) | (prev << 16) | (cur < 0xffff ? cur + 1 : cur);
     if (atomic_compare_exchange_weak(&s->rate, &old, nv)) return 1;
   }
 }
 
 int clientlimit_acquire(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return clientlimit_acquire_at(sa, max_conns, rate_per_min,
+                                (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+}
+
+int clientlimit_acquire_at(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min,
+                           uint64_t now_ms) {
   struct clientlimit_slot *s = clientlimit__slot(sa);
-  if (rate_per_min && !clientlimit__rate_ok(s, rate_per_min)) return SG_EBUSY;
+  if (rate_per_min && !clientlimit__rate_ok(s, rate_per_min, now_ms)) return SG_EBUSY;
   unsigned prev = atomic_fetch_add(&s->conns, 1);
   if (max_conns && prev >= max_conns) {
     atomic_fetch_sub(&s->conns, 1);

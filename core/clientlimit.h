@@ -20,11 +20,15 @@ int clientlimit_init(void);
 
 /*
  * Count a new connection from sa.  max_conns: concurrent limit (0 = none);
- * rate_per_min: new connections per minute (0 = none).  Returns 0 (then
+ * rate_per_min: new connections in any 60 s (0 = none; a sliding window).  Returns 0 (then
  * clientlimit_release must be called when it closes), SG_ELIMIT for too many
  * concurrent connections, SG_EBUSY for too high a rate (nothing to release).
  */
 int clientlimit_acquire(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min);
 void clientlimit_release(const struct sockaddr *sa);
+
+/* clientlimit_acquire at a given time (ms since the epoch), for tests. */
+int clientlimit_acquire_at(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min,
+                           uint64_t now_ms);
 
 #endif
