@@ -1177,6 +1177,7 @@ static const struct field LIMIT_FIELDS[] = {
     F("data_line_length", T_SIZE, struct config, limits.data_line_length, .min = 1000, .max = 16 * MIB),
     F("max_errors", T_UINT, struct config, limits.max_errors, .min = 1, .max = 1000),
     F("disk_reserve", T_SIZE, struct config, limits.disk_reserve, .min = 0, .max = UINT64_MAX),
+    F("data_memory", T_SIZE, struct config, limits.data_memory, .min = MIB, .max = UINT64_MAX),
     DUR("queue_lifetime", queue_lifetime_ms, 100, 365 * DAY),
     DUR("retry_min", retry_min_ms, 100, DAY),
     DUR("retry_max", retry_max_ms, 100, 7 * DAY),
@@ -1229,6 +1230,7 @@ static void limits_defaults(struct config_limits *l) {
   l->data_line_length = 65536;
   l->max_errors = 10;
   l->disk_reserve = 100 * MIB;
+  l->data_memory = 512 * MIB;
   l->queue_lifetime_ms = 5 * DAY;
   l->retry_min_ms = MINUTE;
   l->retry_max_ms = HOUR;

@@ -124,6 +124,8 @@ struct config_limits {
   uint64_t data_line_length;         /* 65536: longest DATA line accepted */
   unsigned max_errors;               /* 10: protocol errors before 421 + close */
   uint64_t disk_reserve;             /* "100M": free space kept; below it 452 4.3.1 */
+  uint64_t data_memory;              /* "512M": message bytes all sessions together may hold
+                                        while receiving; beyond it 452 4.3.1 */
   uint64_t queue_lifetime_ms;        /* "5d": then a DSN */
   uint64_t retry_min_ms;             /* "1m": first retry delay, doubled each time */
   uint64_t retry_max_ms;             /* "1h": cap of the retry delay */

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,8 @@ struct smtp_session {
   struct buf body;
   struct spool_msg *msg;  /* created at DATA (queue id), committed at the end */
   uint64_t data_start_ms;
+  size_t held;            /* bytes of body counted in sess_data_held */
+  bool over_budget;       /* limits.data_memory was reached during this DATA */
   /* lifetime */
   int open_handles;
   bool closing;
@@ -73,6 +76,25 @@ struct smtp_session {
  * reading its commands (each command can make a longer reply, so without
  * this one client could make us queue without bound). */
 #define SESS_OUT_MAX (64 * 1024)
+
+/* Message bytes held by all sessions of the process while they receive
+ * (limits.data_memory): many clients sending large messages at once must
+ * meet 452 4.3.1, not exhaust memory.  Shared by the shards; one atomic. */
+static atomic_uint_fast64_t sess_data_held;
+
+/* Count the body's growth; true while the total stays within budget. */
+static bool sess__data_account(struct smtp_session *s) {
+  if (s->body.len > s->held) {
+    atomic_fetch_add(&sess_data_held, s->body.len - s->held);
+    s->held = s->body.len;
+  }
+  return atomic_load(&sess_data_held) <= s->cfg->limits.data_memory;
+}
+
+static void sess__data_release(struct smtp_session *s) {
+  atomic_fetch_sub(&sess_data_held, s->held);
+  s->held = 0;
+}
 
 static uint64_t sess__now_ms(void) {
   struct timespec ts;
@@ -182,6 +204,8 @@ static void sess__reset_txn(struct smtp_session *s) {
   s->n_rcpts = 0;
   s->rcpt_tried = false;
   s->body8 = false;
+  sess__data_release(s);
+  s->over_budget = false;
   buf_free(&s->body);
   spool_msg_free(s->msg);
   s->msg = NULL;
@@ -336,6 +360,10 @@ static void sess__cmd_data(struct smtp_session *s) {
     sess__reply(s, "554 5.5.1 Error: no valid recipients");
     return;
   }
+  if (atomic_load(&sess_data_held) > s->cfg->limits.data_memory) {
+    sess__reply(s, "452 4.3.1 Insufficient system storage (busy), try again later");
+    return;
+  }
   if (!spool_space_ok(s->sh->d->spool, s->cfg->limits.disk_reserve)) {
     sess__reply(s, "452 4.3.1 Insufficient system storage");
     return;
@@ -400,6 +428,7 @@ static int sess__fill_envelope(struct smtp_session *s, struct spool_msg *m) {
   e->listener = strdup(s->ls->name);
   e->next_hop = strdup(hop);
   e->client = strdup(s->peer_str);
+  sess__data_release(s); /* the bytes now belong to the spool/delivery path */
   m->data = buf_steal(&s->body, &m->data_len);
   return (e->listener && e->next_hop && e->client && m->data) ? 0 : SG_ENOMEM;
 }
@@ -407,7 +436,8 @@ static int sess__fill_envelope(struct smtp_session *s, struct spool_msg *m) {
 static void sess__end_data(struct smtp_session *s) {
   unsigned f = s->data.flags;
   const char *reject = NULL;
-  if (f & SMTP_DATA_NOMEM) reject = "451 4.3.0 Error: out of memory";
+  if (s->over_budget) reject = "452 4.3.1 Insufficient system storage (busy), try again later";
+  else if (f & SMTP_DATA_NOMEM) reject = "451 4.3.0 Error: out of memory";
   else if (f & SMTP_DATA_BARE_NEWLINE)
     reject = "554 5.6.0 Error: bare CR or LF in message data (SMTP smuggling defence)";
   else if (f & SMTP_DATA_TOO_BIG) reject = "552 5.3.4 Error: message size exceeds fixed limit";
@@ -477,6 +507,10 @@ static size_t sess__consume(struct smtp_session *s, const char *p, size_t n) {
     if (s->state == SS_DATA) {
       bool done = false;
       off += smtp_data_feed(&s->data, p + off, n - off, &s->body, &done);
+      if (!sess__data_account(s) && !s->over_budget) {
+        s->over_budget = true; /* read to the end, keep nothing more, then 452 */
+        s->data.flags |= SMTP_DATA_NOMEM;
+      }
       if (done) sess__end_data(s);
       continue;
     }

@@ -533,6 +533,44 @@ def test_disk_reserve():
         assert not files, "spool holds %r" % files
 
 
+@test
+def test_data_memory_budget():
+    """limits.data_memory bounds the message bytes all sessions hold while
+    receiving: a client over it gets 452 4.3.1 after its data (read to the
+    end, nothing kept), others get 452 4.3.1 at DATA while the budget is
+    spent, and everything works again once it is free."""
+    with gateway({"data_memory": '"1M"', "message_size": '"50M"'}) as (gw, sink):
+        line = b"x" * 998 + b"\r\n"
+        with Client(gw.port) as a, Client(gw.port) as b:
+            for c in (a, b):
+                c.expect("EHLO client.test", 250)
+                c.expect("MAIL FROM:<a@example.com>", 250)
+                c.expect("RCPT TO:<b@example.net>", 250)
+            check(a.cmd("DATA"), 354)
+            a.send(b"Subject: big\r\n\r\n" + line * 1200)  # 1.2 MB, not finished
+            assert sgtest.wait_for(lambda: check_data_refused(b), 10), "DATA not refused"
+            a.send(line * 800 + b".\r\n")  # 2 MB in all
+            check(a.reply(), 452, "4.3.1", "over the budget")
+            a.expect("NOOP", 250)  # the session goes on
+            a.expect("MAIL FROM:<a@example.com>", 250)
+            a.expect("RCPT TO:<b@example.net>", 250)
+            queued_id(a.data(sgtest.make_message("afterbudget@test", body="small\r\n")))
+        assert sgtest.wait_for(lambda: "afterbudget@test" in sink_ids(sink), 15), sink_ids(sink)
+
+
+def check_data_refused(c):
+    """DATA on c gets 452 4.3.1 (the budget is spent), or False."""
+    r = c.cmd("DATA")
+    if r[0] == 354:  # not spent yet: end this message and ask again
+        c.send(b"\r\n.\r\n")
+        c.reply()
+        c.cmd("MAIL FROM:<a@example.com>")
+        c.cmd("RCPT TO:<b@example.net>")
+        return False
+    check(r, 452, "4.3.1", "DATA while the budget is spent")
+    return True
+
+
 # ------------------------------------------------------------------ runner
 
 @contextlib.contextmanager
