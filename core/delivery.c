@@ -17,6 +17,10 @@
 #include "core/spool.h"
 
 #define DL_IDLE_CONN_MS 5000
+/* Bytes of message data a next hop's waiting queue keeps in memory; the
+ * rest is dropped and read back from the spool shortly before its turn, so
+ * a slow next hop costs disk reads, not unbounded memory. */
+#define DL_QUEUE_BYTES (16u << 20)
 
 struct dl_host;
 
@@ -37,6 +41,7 @@ struct dl_host {
   char *key;
   struct config_hostport addr;
   struct spool_msg *q_head, *q_tail; /* waiting for a connection */
+  uint64_t q_bytes;                  /* data of queued messages held in memory */
   struct dl_conn *conns;
   unsigned n_conns;
   uint64_t down_until_ms;
@@ -62,6 +67,7 @@ static uint64_t dl__now_ms(void) {
 
 static void dl__route(struct delivery *dl, struct spool_msg *m);
 static void dl__pump(struct delivery *dl, struct dl_host *h);
+static void dl__queue_unlink(struct dl_host *h, struct spool_msg *prev, struct spool_msg *m);
 
 /* ---- bookkeeping --------------------------------------------------------- */
 
@@ -281,8 +287,10 @@ static struct spool_msg *dl__build_dsn(struct delivery *dl, const struct spool_m
                                        const struct dsn_rcpt *rc, size_t n) {
   if (n == 0 || m->env.sender[0] == '\0') return NULL; /* never bounce a bounce (RFC 5321 6.1) */
   struct config *cfg = daemon_config_get(dl->sh->d);
+  /* Data may have been dropped from memory (a long queue): then the report
+   * goes without the original's headers rather than not at all. */
   struct dsn_info info = {cfg->hostname, m->env.queue_id, m->env.arrival_ms, dl__now_ms(),
-                          m->env.sender, rc, n, m->data, m->data_len};
+                          m->env.sender, rc, n, m->data ? m->data : "", m->data ? m->data_len : 0};
   struct buf out = BUF_INIT;
   struct spool_msg *d = calloc(1, sizeof *d);
   int err = (!d || dsn_build(&info, &out) != 0);
@@ -471,16 +479,81 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   struct config *cfg = daemon_config_get(dl->sh->d);
   h->down_until_ms = dl__now_ms() + cfg->limits.retry_min_ms;
   config_unref(cfg);
-  while (h->q_head && h->n_conns == 0) { /* the host is down: everyone waiting retries later */
-    struct spool_msg *m = h->q_head;
-    h->q_head = m->next;
-    if (!h->q_head) h->q_tail = NULL;
-    m->next = NULL;
-    dl__fail_all(dl, m, 451, err, h->key);
+  /* The host is down: everyone waiting retries later (those being read
+   * back stay; their read's completion brings them here again). */
+  struct spool_msg *prev = NULL, *m = h->q_head;
+  while (m && h->n_conns == 0) {
+    struct spool_msg *next = m->next;
+    if (m->loading) {
+      prev = m;
+    } else {
+      dl__queue_unlink(h, prev, m);
+      dl__fail_all(dl, m, 451, err, h->key);
+    }
+    m = next;
   }
 }
 
 static struct delivery *dl__of(struct dl_conn *cn) { return cn->h->dl; }
+
+static void dl__prefetch(struct dl_host *h);
+
+/* Unlink m from h's queue (prev is its predecessor or NULL). */
+static void dl__queue_unlink(struct dl_host *h, struct spool_msg *prev, struct spool_msg *m) {
+  if (prev) prev->next = m->next;
+  else h->q_head = m->next;
+  if (h->q_tail == m) h->q_tail = prev;
+  m->next = NULL;
+  if (m->data) h->q_bytes -= m->data_len;
+}
+
+/* The first queued message whose data is in memory, taken off the queue;
+ * NULL when none is ready (reads are then on their way). */
+static struct spool_msg *dl__queue_take(struct dl_host *h) {
+  struct spool_msg *prev = NULL, *m = h->q_head;
+  while (m && !m->data) prev = m, m = m->next;
+  if (m) dl__queue_unlink(h, prev, m);
+  dl__prefetch(h);
+  return m;
+}
+
+static void dl__prefetched(struct spool_msg *m, int status, void *arg) {
+  struct dl_host *h = arg;
+  struct delivery *dl = h->dl;
+  dl->jobs--;
+  m->loading = false;
+  if (status == 0) {
+    h->q_bytes += m->data_len;
+  } else { /* off the queue: corrupt ones were moved aside, others retry later */
+    struct spool_msg *prev = NULL, *q = h->q_head;
+    while (q && q != m) prev = q, q = q->next;
+    if (q) dl__queue_unlink(h, prev, m);
+    if (status == SG_ECORRUPT) dl__release(dl, m);
+    else dl__defer(dl, m);
+  }
+  if (!dl->draining) dl__pump(dl, h);
+  shard_check_idle(dl->sh);
+}
+
+/* Read back the data of the first waiting messages, up to DL_QUEUE_BYTES. */
+static void dl__prefetch(struct dl_host *h) {
+  struct delivery *dl = h->dl;
+  uint64_t budget = h->q_bytes;
+  for (struct spool_msg *m = h->q_head; m && budget < DL_QUEUE_BYTES && !dl->draining; m = m->next) {
+    if (m->data || m->loading) {
+      budget += m->data ? 0 : m->data_len;
+      continue;
+    }
+    budget += m->data_len;
+    m->loading = true;
+    dl->jobs++;
+    if (spool_load(dl->sh->d->spool, m, &dl->sh->mb, dl__prefetched, h) != 0) {
+      dl->jobs--;
+      m->loading = false;
+      break;
+    }
+  }
+}
 
 static void dl__conn_next(struct dl_conn *cn) {
   struct dl_host *h = cn->h;
@@ -489,15 +562,12 @@ static void dl__conn_next(struct dl_conn *cn) {
     dl__conn_drop(cn);
     return;
   }
-  struct spool_msg *m = h->q_head;
+  struct spool_msg *m = dl__queue_take(h);
   if (!m) { /* keep it a moment for the next message (connection reuse) */
     uv_timer_start(&cn->idle, dl__on_idle, DL_IDLE_CONN_MS, 0);
     return;
   }
   uv_timer_stop(&cn->idle);
-  h->q_head = m->next;
-  if (!h->q_head) h->q_tail = NULL;
-  m->next = NULL;
   cn->m = m;
   dl->busy++;
   int rc = smtp_client_send(cn->c, m->env.sender, m->env.rcpts, m->env.n_rcpts, m->data, m->data_len,
@@ -593,6 +663,12 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
   if (h->q_tail) h->q_tail->next = m;
   else h->q_head = m;
   h->q_tail = m;
+  if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
+    free(m->data);
+    m->data = NULL;
+  } else {
+    h->q_bytes += m->data_len;
+  }
   dl__pump(dl, h);
 }
 

@@ -48,6 +48,7 @@ struct spool_msg {
   uint64_t next_try_ms;
   unsigned attempts;
   char *last_error;
+  bool loading; /* a spool_load is pending for it */
 };
 
 /* Result callback, run on the loop that owns the mailbox passed in.
