@@ -299,6 +299,7 @@ static int spool__read_file(const char *path, struct spool_envelope *env, char *
   const char *data;
   size_t dlen;
   int rc = spool_record_parse(map, (size_t)st.st_size, env, &data, &dlen, why);
+  if (rc == 0 && len_out) *len_out = dlen;
   if (rc == 0 && data_out) {
     *data_out = malloc(dlen ? dlen : 1);
     if (!*data_out) {
@@ -306,7 +307,6 @@ static int spool__read_file(const char *path, struct spool_envelope *env, char *
       rc = SG_ENOMEM;
     } else {
       memcpy(*data_out, data, dlen);
-      *len_out = dlen;
     }
   }
   munmap(map, (size_t)st.st_size);
@@ -536,7 +536,7 @@ static int spool__recover_dir(struct spool *sp, struct spool_dir *d,
     struct spool_msg *m = calloc(1, sizeof *m);
     if (!m) break;
     const char *why;
-    int rc = spool__read_file(path, &m->env, NULL, NULL, &why);
+    int rc = spool__read_file(path, &m->env, NULL, &m->data_len, &why);
     if (rc == 0 && strcmp(m->env.queue_id, de->d_name) != 0) {
       spool_envelope_free(&m->env);
       rc = SG_ECORRUPT;
@@ -592,7 +592,7 @@ int spool_scan(const char *spool_dir, void (*fn)(struct spool_msg *, const char 
       struct spool_msg m;
       memset(&m, 0, sizeof m);
       const char *why;
-      if (spool__read_file(path, &m.env, NULL, NULL, &why) != 0) continue;
+      if (spool__read_file(path, &m.env, NULL, &m.data_len, &why) != 0) continue;
       fn(&m, path, arg);
       spool_envelope_free(&m.env);
       total++;
