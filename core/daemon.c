@@ -238,9 +238,12 @@ static void daemon__on_signal(uv_signal_t *s, int signum) {
 
 /* ---- start ------------------------------------------------------------------- */
 
+/* Messages found by the recovery scan, handed to the shards only after the
+ * scan: a shard delivering (and recycling files) in a folder that is still
+ * being scanned could make the scan see a file twice or reuse a pool name. */
 struct daemon_recover {
-  struct daemon *d;
-  unsigned next;
+  struct spool_msg *head;
+  int n;
 };
 
 struct daemon_post {
@@ -254,19 +257,25 @@ static void daemon__enqueue_on_shard(void *arg) {
   free(p);
 }
 
-/* Spread recovered messages over the shards, round robin. */
 static void daemon__recover_one(struct spool_msg *msg, void *arg) {
   struct daemon_recover *r = arg;
-  struct daemon_post *p = malloc(sizeof *p);
-  if (!p) {
-    spool_msg_free(msg); /* still on disk: the next start finds it */
-    return;
-  }
-  p->sh = daemon_shard(r->d, r->next++);
-  p->msg = msg;
-  if (shard_post(p->sh, daemon__enqueue_on_shard, p) != 0) {
-    spool_msg_free(msg);
-    free(p);
+  msg->next = r->head;
+  r->head = msg;
+  r->n++;
+}
+
+/* Spread recovered messages over the shards, round robin. */
+static void daemon__hand_out_recovered(struct daemon *d, struct daemon_recover *r) {
+  for (unsigned i = 0; r->head; i++) {
+    struct spool_msg *msg = r->head;
+    r->head = msg->next;
+    msg->next = NULL;
+    struct daemon_post *p = malloc(sizeof *p);
+    if (p) *p = (struct daemon_post){daemon_shard(d, i), msg};
+    if (!p || shard_post(p->sh, daemon__enqueue_on_shard, p) != 0) {
+      spool_msg_free(msg); /* still on disk: the next start finds it */
+      free(p);
+    }
   }
 }
 
@@ -375,9 +384,10 @@ int daemon_run(const char *config_path) {
   if (rc == 0) rc = daemon__start_main_loop(&m);
   if (rc == 0 && (rc = privs_drop(cfg, err, sizeof err)) != 0) log_err("%s", err);
   if (rc == 0) {
-    struct daemon_recover r = {&m.d, 0};
-    int n = spool_recover(m.d.spool, daemon__recover_one, &r);
-    if (n > 0) log_info("spool: recovered %d message(s) for delivery", n);
+    struct daemon_recover r = {NULL, 0};
+    spool_recover(m.d.spool, daemon__recover_one, &r);
+    if (r.n > 0) log_info("spool: recovered %d message(s) for delivery", r.n);
+    daemon__hand_out_recovered(&m.d, &r);
     daemon__hand_out(&m, &plan);
     log_info("sealgate %s started: %u shard(s), %zu listener(s), hostname %s", SEALGATE_VERSION,
              m.d.n_shards, cfg->n_listeners, cfg->hostname);

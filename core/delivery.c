@@ -31,8 +31,6 @@ struct dl_conn {
   struct spool_msg *m; /* in flight, or NULL */
   uv_timer_t idle;
   bool ready;
-  bool dead;
-  uint64_t started_ms;
 };
 
 struct dl_host {
@@ -54,6 +52,7 @@ struct delivery {
   struct spool_msg *all;      /* every message we own, for queue list */
   struct spool_msg *deferred; /* waiting for next_try_ms */
   uv_timer_t retry;
+  uint64_t retry_due;         /* when the retry timer fires, if active */
   unsigned jobs;              /* spool operations in flight */
   unsigned busy;              /* transactions in flight */
   bool draining;
@@ -143,21 +142,21 @@ static struct dl_host *dl__host(struct delivery *dl, struct config_hostport *hp)
 
 static void dl__on_retry(uv_timer_t *t);
 
-static void dl__arm_retry(struct delivery *dl) {
-  if (!dl->deferred || dl->draining) {
-    uv_timer_stop(&dl->retry);
-    return;
-  }
-  uint64_t first = UINT64_MAX, now = dl__now_ms();
-  for (struct spool_msg *m = dl->deferred; m; m = m->next)
-    if (m->next_try_ms < first) first = m->next_try_ms;
-  uv_timer_start(&dl->retry, dl__on_retry, first > now ? first - now : 0, 0);
+/* Make the retry timer fire by `when` (ms since the epoch).  Each defer
+ * calls this with its own time, so no scan of the whole list per message. */
+static void dl__arm_retry(struct delivery *dl, uint64_t when) {
+  if (dl->draining) return;
+  if (uv_is_active((uv_handle_t *)&dl->retry) && dl->retry_due <= when) return;
+  uint64_t now = dl__now_ms();
+  dl->retry_due = when;
+  uv_timer_start(&dl->retry, dl__on_retry, when > now ? when - now : 0, 0);
 }
 
 static void dl__on_retry(uv_timer_t *t) {
   struct delivery *dl = t->data;
   uint64_t now = dl__now_ms();
   struct spool_msg **pp = &dl->deferred, *due = NULL;
+  uint64_t first = UINT64_MAX;
   while (*pp) {
     struct spool_msg *m = *pp;
     if (m->next_try_ms <= now) {
@@ -165,6 +164,7 @@ static void dl__on_retry(uv_timer_t *t) {
       m->next = due;
       due = m;
     } else {
+      if (m->next_try_ms < first) first = m->next_try_ms;
       pp = &m->next;
     }
   }
@@ -174,7 +174,7 @@ static void dl__on_retry(uv_timer_t *t) {
     m->next = NULL;
     dl__route(dl, m);
   }
-  dl__arm_retry(dl);
+  if (first != UINT64_MAX) dl__arm_retry(dl, first);
 }
 
 /* ---- after an attempt: bounce, rewrite, remove or retry ---------------- */
@@ -339,7 +339,8 @@ static void dl__after_attempt(struct delivery *dl, struct spool_msg *m,
     return;
   }
   struct config *cfg = daemon_config_get(dl->sh->d);
-  bool expired = dl__now_ms() - m->env.arrival_ms >= cfg->limits.queue_lifetime_ms;
+  uint64_t now = dl__now_ms(); /* wall clock: arrival_ms survives restarts; may step back */
+  bool expired = now > m->env.arrival_ms && now - m->env.arrival_ms >= cfg->limits.queue_lifetime_ms;
   config_unref(cfg);
   f->dl = dl;
   f->m = m;
@@ -394,7 +395,7 @@ static void dl__defer(struct delivery *dl, struct spool_msg *m) {
   m->data = NULL;
   m->next = dl->deferred;
   dl->deferred = m;
-  dl__arm_retry(dl);
+  dl__arm_retry(dl, m->next_try_ms);
 }
 
 /* Every recipient gets the same synthetic reply (a connection problem). */
@@ -424,14 +425,12 @@ static void dl__conn_drop(struct dl_conn *cn) {
       break;
     }
   h->n_conns--;
-  cn->dead = true;
   if (cn->c) smtp_client_close(cn->c);
   uv_close((uv_handle_t *)&cn->idle, dl__closed);
 }
 
 static void dl__on_idle(uv_timer_t *t) { dl__conn_drop(t->data); }
 
-static struct delivery *dl__of(struct dl_conn *cn);
 static void dl__conn_next(struct dl_conn *cn);
 
 static void dl__on_done(struct smtp_client *c, int status, const char *err,
@@ -439,14 +438,16 @@ static void dl__on_done(struct smtp_client *c, int status, const char *err,
                         const struct smtp_client_reply *data, void *arg) {
   (void)c;
   struct dl_conn *cn = arg;
-  struct delivery *dl = dl__of(cn);
+  struct delivery *dl = cn->h->dl;
   struct spool_msg *m = cn->m;
   cn->m = NULL;
   dl->busy--;
   if (status != 0) {
+    struct dl_host *h = cn->h;
     cn->c = NULL; /* the client closes itself after a failure */
     dl__conn_drop(cn);
-    dl__fail_all(dl, m, 451, err, cn->h->key);
+    dl__fail_all(dl, m, 451, err, h->key);
+    if (!dl->draining) dl__pump(dl, h); /* the others waiting need a connection */
     return;
   }
   struct smtp_client_reply *r = malloc(n * sizeof *r);
@@ -475,7 +476,7 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   dl__conn_drop(cn);
   if (was_idle) return; /* an idle connection closed by the peer: nothing lost */
   snprintf(h->last_error, sizeof h->last_error, "%s", err);
-  struct delivery *dl = dl__of(cn);
+  struct delivery *dl = cn->h->dl;
   struct config *cfg = daemon_config_get(dl->sh->d);
   h->down_until_ms = dl__now_ms() + cfg->limits.retry_min_ms;
   config_unref(cfg);
@@ -494,7 +495,6 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   }
 }
 
-static struct delivery *dl__of(struct dl_conn *cn) { return cn->h->dl; }
 
 static void dl__prefetch(struct dl_host *h);
 
@@ -577,6 +577,7 @@ static void dl__conn_next(struct dl_conn *cn) {
     dl->busy--;
     dl__conn_drop(cn);
     dl__fail_all(dl, m, 451, sgerr_str(rc), h->key);
+    if (!dl->draining) dl__pump(dl, h);
   }
 }
 
@@ -692,7 +693,7 @@ void delivery_enqueue(struct delivery *dl, struct spool_msg *m) {
 void delivery_flush(struct delivery *dl) {
   for (struct dl_host *h = dl->hosts; h; h = h->next) h->down_until_ms = 0;
   for (struct spool_msg *m = dl->deferred; m; m = m->next) m->next_try_ms = 0;
-  dl__arm_retry(dl);
+  if (dl->deferred) dl__arm_retry(dl, 0);
 }
 
 static void dl__field(struct buf *out, const char *s) {
@@ -709,7 +710,7 @@ void delivery_list(struct delivery *dl, struct buf *out) {
     dl__field(out, m->env.sender);
     buf_append(out, "\t", 1);
     for (size_t i = 0; i < m->env.n_rcpts; i++) {
-      if (i) buf_append(out, ",", 1);
+      if (i) buf_append(out, "\x1f", 1); /* a quoted local part may hold a comma */
       dl__field(out, m->env.rcpts[i]);
     }
     buf_append(out, "\t", 1);

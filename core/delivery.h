@@ -27,7 +27,8 @@ void delivery_enqueue(struct delivery *dl, struct spool_msg *msg);
 /* Retry every deferred message now. */
 void delivery_flush(struct delivery *dl);
 /* Append one line per queued message: id, arrival_ms, size, attempts,
- * next_try_ms, sender, recipients (comma-separated), last error; fields
+ * next_try_ms, sender, recipients (separated by 0x1f, which the SMTP parser
+ * never lets into an address), last error; fields
  * separated by tabs, no tabs or newlines inside fields. */
 void delivery_list(struct delivery *dl, struct buf *out);
 /* Stop starting deliveries; transactions in flight finish. */

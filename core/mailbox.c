@@ -13,9 +13,8 @@ static void mailbox_drain(struct mailbox *mb) {
     pthread_mutex_unlock(&mb->mu);
     if (!it) return;
     while (it) {
-      struct mailbox_item *next = it->next;
+      struct mailbox_item *next = it->next; /* fn may free it */
       it->fn(it->arg);
-      free(it);
       it = next;
     }
   }
@@ -31,18 +30,37 @@ int mailbox_init(uv_loop_t *loop, struct mailbox *mb) {
   return 0;
 }
 
+/* mailbox_post's own allocation: runs the closure, then frees itself. */
+struct mailbox_boxed {
+  struct mailbox_item it;
+  mailbox_fn fn;
+  void *arg;
+};
+
+static void mailbox__run_boxed(void *arg) {
+  struct mailbox_boxed *b = arg;
+  b->fn(b->arg);
+  free(b);
+}
+
 int mailbox_post(struct mailbox *mb, mailbox_fn fn, void *arg) {
-  struct mailbox_item *it = malloc(sizeof *it);
-  if (!it) return SG_ENOMEM;
+  struct mailbox_boxed *b = malloc(sizeof *b);
+  if (!b) return SG_ENOMEM;
+  b->fn = fn;
+  b->arg = arg;
+  b->it.fn = mailbox__run_boxed;
+  b->it.arg = b;
+  mailbox_post_item(mb, &b->it);
+  return 0;
+}
+
+void mailbox_post_item(struct mailbox *mb, struct mailbox_item *it) {
   it->next = NULL;
-  it->fn = fn;
-  it->arg = arg;
   pthread_mutex_lock(&mb->mu);
   if (mb->tail) mb->tail->next = it; else mb->head = it;
   mb->tail = it;
   pthread_mutex_unlock(&mb->mu);
   uv_async_send(&mb->async);
-  return 0;
 }
 
 void mailbox_close(struct mailbox *mb) {

@@ -31,6 +31,10 @@ struct mailbox {
 int mailbox_init(uv_loop_t *loop, struct mailbox *mb);
 /* Thread-safe.  Returns 0 or SG_ENOMEM (then fn is not called). */
 int mailbox_post(struct mailbox *mb, mailbox_fn fn, void *arg);
+/* Thread-safe and cannot fail: the caller provides the item (it->fn and
+ * it->arg set) and keeps its memory valid until it->fn runs; fn may free
+ * it.  For completions that must never be lost (spool results). */
+void mailbox_post_item(struct mailbox *mb, struct mailbox_item *it);
 /* Loop thread.  Runs what is still queued, then closes the async handle. */
 void mailbox_close(struct mailbox *mb);
 

@@ -60,6 +60,7 @@ static int shard__listener_open(struct shard *sh, const char *key, int fd) {
   uv_tcp_init(&sh->loop, &l->tcp);
   l->tcp.data = l;
   int r = uv_tcp_open(&l->tcp, fd);
+  if (r != 0) close(fd); /* not the handle's yet, so uv_close would not close it */
   if (r == 0) r = uv_listen((uv_stream_t *)&l->tcp, 1024, shard__on_connection);
   if (r != 0) {
     log_err("shard %u: cannot listen on %s: %s", sh->id, key, uv_strerror(r));
@@ -113,7 +114,9 @@ int shard_apply_plan(struct shard *sh, struct listener_plan *plan) {
       m->fds[i] = plan->entries[i].fds[sh->id];
       plan->entries[i].fds[sh->id] = -1;
     }
-  return shard_post(sh, shard__apply_plan, m);
+  if (shard_post(sh, shard__apply_plan, m) == 0) return 0;
+  for (size_t i = 0; i < m->n; i++)
+    if (m->fds[i] >= 0) close(m->fds[i]);
 nomem:
   for (size_t i = 0; m->keys && i < plan->n; i++) free(m->keys[i]);
   free(m->keys);

@@ -20,7 +20,6 @@ struct smtp_client {
   uv_timer_t timer;
   uv_connect_t conn_req;
   uv_getaddrinfo_t gai;
-  uv_loop_t *loop;
   char *host, *helo;
   uint16_t port;
   uint64_t connect_timeout_ms, reply_timeout_ms;
@@ -42,6 +41,7 @@ struct smtp_client {
   bool body8;
   size_t expect;   /* reply awaited: 0 MAIL, 1..n RCPT, n+1 DATA, n+2 end of data or RSET */
   bool sent_body;
+  unsigned body_writes; /* body writes libuv has not finished */
   int open_handles;
   bool closing;
   bool gai_pending;
@@ -50,8 +50,8 @@ struct smtp_client {
 static void cl__fail(struct smtp_client *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void cl__handle_closed(uv_handle_t *h) {
-  struct smtp_client *c = h->data;
+/* c is freed when its last handle closed and its last request reported. */
+static void cl__unref(struct smtp_client *c) {
   if (--c->open_handles > 0) return;
   buf_free(&c->in);
   free(c->rcpt);
@@ -59,6 +59,8 @@ static void cl__handle_closed(uv_handle_t *h) {
   free(c->helo);
   free(c);
 }
+
+static void cl__handle_closed(uv_handle_t *h) { cl__unref(h->data); }
 
 static void cl__close_handles(struct smtp_client *c) {
   if (c->phase == CL_DEAD && c->closing) return;
@@ -94,11 +96,13 @@ static void cl__wait_reply(struct smtp_client *c) {
 struct cl_write {
   uv_write_t req;
   struct buf b;
+  bool body; /* writes the caller's message data */
 };
 
 static void cl__on_write(uv_write_t *req, int status) {
   struct cl_write *w = (struct cl_write *)req;
   struct smtp_client *c = req->handle->data;
+  if (w->body) c->body_writes--;
   buf_free(&w->b);
   free(w);
   if (status < 0 && status != UV_ECANCELED)
@@ -120,8 +124,11 @@ static void cl__write(struct smtp_client *c, struct buf *owned, uv_buf_t *bufs, 
     bufs = &one;
     n = 1;
   }
+  w->body = owned == NULL;
+  if (w->body) c->body_writes++;
   int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, cl__on_write);
   if (r != 0) {
+    if (w->body) c->body_writes--;
     buf_free(&w->b);
     free(w);
     cl__fail(c, SG_EIO, "write to %s:%u failed: %s", c->host, (unsigned)c->port, uv_strerror(r));
@@ -237,6 +244,15 @@ static void cl__txn_reply(struct smtp_client *c, const struct smtp_client_reply 
       return;
     }
     cl__finish_txn(c);
+    return;
+  }
+  if (c->sent_body && c->body_writes > 0) {
+    /* A reply before all of the body was written: the server stopped
+     * reading.  Closing cancels the write, so the caller may free the
+     * data, and the rest can never be taken for commands on a reused
+     * connection. */
+    cl__fail(c, SG_EPROTO, "%s:%u replied before the end of the data: %s", c->host,
+             (unsigned)c->port, r->text);
     return;
   }
   if (c->sent_body) c->data = *r; /* the reply to the end of data */
@@ -363,8 +379,9 @@ static void cl__connect_addr(struct smtp_client *c, const struct sockaddr *sa) {
 static void cl__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   struct smtp_client *c = req->data;
   c->gai_pending = false;
-  if (c->closing) {
+  if (c->closing) { /* uv_cancel may not stop a lookup already running */
     uv_freeaddrinfo(res);
+    cl__unref(c);
     return;
   }
   if (status < 0 || !res) {
@@ -373,6 +390,7 @@ static void cl__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *
     cl__connect_addr(c, res->ai_addr);
   }
   uv_freeaddrinfo(res);
+  cl__unref(c);
 }
 
 int smtp_client_open(uv_loop_t *loop, const struct smtp_client_opts *o, smtp_client_ready_cb cb,
@@ -383,7 +401,6 @@ int smtp_client_open(uv_loop_t *loop, const struct smtp_client_opts *o, smtp_cli
     free(c);
     return SG_ENOMEM;
   }
-  c->loop = loop;
   c->port = o->port;
   c->connect_timeout_ms = o->connect_timeout_ms;
   c->reply_timeout_ms = o->reply_timeout_ms;
@@ -406,8 +423,10 @@ int smtp_client_open(uv_loop_t *loop, const struct smtp_client_opts *o, smtp_cli
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   c->gai.data = c;
   c->gai_pending = true;
+  c->open_handles++; /* the lookup holds c until its callback */
   if (uv_getaddrinfo(loop, &c->gai, cl__on_resolved, c->host, port, &hints) != 0) {
     c->gai_pending = false;
+    c->open_handles--;
     cl__fail(c, SG_ETEMP, "cannot resolve %s", c->host);
   }
   return 0;

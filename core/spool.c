@@ -45,6 +45,9 @@ enum spool_op { SPOOL_OP_COMMIT, SPOOL_OP_REPLACE, SPOOL_OP_REMOVE, SPOOL_OP_LOA
 
 struct spool_job {
   struct spool_job *next;
+  struct mailbox_item done; /* posts the result: cannot fail, cannot be lost */
+  char *loaded;             /* SPOOL_OP_LOAD: the data read, handed over on the loop */
+  size_t loaded_len;
   enum spool_op op;
   struct spool_msg *msg;
   struct spool_dir *dir;
@@ -259,7 +262,10 @@ static int spool__do_commit(struct spool_job *j) {
   pthread_mutex_lock(&j->dir->mu);
   uint64_t seq = ++j->dir->renamed;
   pthread_mutex_unlock(&j->dir->mu);
-  return spool__dir_sync_after(j->dir, seq);
+  rc = spool__dir_sync_after(j->dir, seq);
+  if (rc != 0 && j->op == SPOOL_OP_COMMIT) /* the client hears 4xx and retries: no second copy */
+    unlink(path);
+  return rc;
 }
 
 /* A delivered message's file goes back to the pool (renamed, not synced:
@@ -337,14 +343,18 @@ static int spool__do_load(struct spool *sp, struct spool_job *j) {
   if (rc == SG_ECORRUPT) spool__quarantine_corrupt(sp, path, why);
   if (rc) return rc;
   spool_envelope_free(&env); /* the in-memory envelope is the current one */
-  free(j->msg->data);
-  j->msg->data = data;
-  j->msg->data_len = len;
+  j->loaded = data;
+  j->loaded_len = len;
   return 0;
 }
 
 static void spool__job_finish(void *arg) {
   struct spool_job *j = arg;
+  if (j->op == SPOOL_OP_LOAD && j->status == 0) { /* on the owner's loop: no race */
+    free(j->msg->data);
+    j->msg->data = j->loaded;
+    j->msg->data_len = j->loaded_len;
+  }
   if (j->cb) j->cb(j->msg, j->status, j->arg);
   free(j);
 }
@@ -362,7 +372,14 @@ static void spool__run_job(struct spool *sp, struct spool_job *j) {
       j->status = spool__do_load(sp, j);
       break;
   }
-  if (!j->mb || mailbox_post(j->mb, spool__job_finish, j) != 0) free(j);
+  if (!j->mb) {
+    free(j->loaded);
+    free(j);
+    return;
+  }
+  j->done.fn = spool__job_finish;
+  j->done.arg = j;
+  mailbox_post_item(j->mb, &j->done);
 }
 
 static void *spool__thread(void *arg) {
@@ -386,7 +403,12 @@ static int spool__submit(struct spool *sp, enum spool_op op, struct spool_msg *m
                          struct spool_dir *dir, struct mailbox *mb, spool_cb cb, void *arg) {
   struct spool_job *j = calloc(1, sizeof *j);
   if (!j) return SG_ENOMEM;
-  *j = (struct spool_job){NULL, op, msg, dir, mb, cb, arg, 0};
+  j->op = op;
+  j->msg = msg;
+  j->dir = dir;
+  j->mb = mb;
+  j->cb = cb;
+  j->arg = arg;
   pthread_mutex_lock(&sp->mu);
   if (sp->tail) sp->tail->next = j; else sp->head = j;
   sp->tail = j;

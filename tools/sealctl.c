@@ -99,7 +99,7 @@ static void ctl_scan_row(struct spool_msg *m, const char *path, void *arg) {
   struct buf *out = arg;
   buf_appendf(out, "%s\t%" PRIu64 "\t%zu\t0\t0\t%s\t", m->env.queue_id, m->env.arrival_ms,
               m->data_len, m->env.sender);
-  for (size_t i = 0; i < m->env.n_rcpts; i++) buf_appendf(out, "%s%s", i ? "," : "", m->env.rcpts[i]);
+  for (size_t i = 0; i < m->env.n_rcpts; i++) buf_appendf(out, "%s%s", i ? "\x1f" : "", m->env.rcpts[i]);
   buf_appendf(out, "\t(daemon not running)\n");
 }
 
@@ -133,6 +133,8 @@ static void ctl_queue_row(const struct ctl *c, char *line, bool first) {
   ctl_time(strtoull(f[1], NULL, 10), arr, sizeof arr);
   ctl_time(strtoull(f[4], NULL, 10), next, sizeof next);
   if (!c->json) {
+    for (char *p = f[6]; *p; p++)
+      if (*p == '\x1f') *p = ' ';
     printf("%-20s %-20s %8s %3s %-20s <%s> %s  %s\n", f[0], arr, f[2], f[3], next, f[5], f[6], f[7]);
     return;
   }
@@ -144,7 +146,7 @@ static void ctl_queue_row(const struct ctl *c, char *line, bool first) {
   printf(",\"recipients\":[");
   char *save = NULL;
   bool one = true;
-  for (char *r = strtok_r(f[6], ",", &save); r; r = strtok_r(NULL, ",", &save), one = false) {
+  for (char *r = strtok_r(f[6], "\x1f", &save); r; r = strtok_r(NULL, "\x1f", &save), one = false) {
     if (!one) putchar(',');
     ctl_json_str(stdout, r);
   }
