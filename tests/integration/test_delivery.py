@@ -11,6 +11,8 @@ import json
 import os
 import re
 import sys
+import socket
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -286,6 +288,91 @@ def test_long_queue_is_read_back_from_disk():
         # whole queue sat in memory.
         print("peak RSS %.0f MiB%s" % (rss_mib, " (ASan)" if asan else ""))
         assert asan or rss_mib < 50, "peak RSS %.0f MiB" % rss_mib
+
+
+class EarlyReplyHop:
+    """A next hop whose first session answers the DATA transfer before
+    reading the body (451 after the first 64 KiB) and then stops reading;
+    later sessions behave.  Stores what the good sessions receive."""
+
+    def __init__(self):
+        self.port = sgtest.free_port()
+        self.sessions, self.received = 0, []
+        self.srv = socket.create_server(("127.0.0.1", self.port), backlog=64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.sessions += 1
+            threading.Thread(target=self._session, args=(conn, self.sessions == 1),
+                             daemon=True).start()
+
+    def _session(self, conn, early):
+        f = conn.makefile("rwb")
+        def say(line):
+            f.write(line.encode() + b"\r\n")
+            f.flush()
+        try:
+            say("220 early ESMTP")
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    say("250-early\r\n250 PIPELINING")
+                elif verb == b"DATA":
+                    say("354 go")
+                    if early:
+                        f.read(65536)
+                        say("451 4.3.0 early reply, not reading the rest")
+                        time.sleep(30)  # keep the socket open, read nothing more
+                        return
+                    data = b""
+                    while not data.endswith(b"\r\n.\r\n"):
+                        chunk = f.readline()
+                        if not chunk:
+                            return
+                        data += chunk
+                    self.received.append(data)
+                    say("250 2.0.0 ok")
+                elif verb == b"QUIT":
+                    say("221 bye")
+                    return
+                else:
+                    say("250 ok")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.srv.close()
+
+
+def test_reply_before_end_of_data():
+    """A next hop that replies while our body write is still pending gets
+    the connection closed (the data must not be freed under the write, and
+    the rest must never be read as commands on a reused connection); the
+    message is retried and arrives once, intact."""
+    hop = EarlyReplyHop()
+    body = ("z" * 998 + "\r\n") * 5000  # 5 MB: more than the socket buffers hold
+    try:
+        limits = {"delivery_connections": 1, "retry_min": '"1s"', "retry_max": '"2s"'}
+        with gateway(hop.port, limits, top="shards: 1\n") as gw:
+            msg = sgtest.make_message("early@test", body=body)
+            queued_id(sgtest.send_message(gw.port, "sender@example.com", ["r@example.net"], msg))
+            assert sgtest.wait_for(lambda: hop.received, 30), gw.log()[-2000:]
+            assert "replied before the end of the data" in gw.log(), gw.log()[-2000:]
+            time.sleep(0.5)
+            assert len(hop.received) == 1, "%d copies" % len(hop.received)
+            assert body.encode() in hop.received[0], "body damaged"
+    finally:
+        hop.close()
 
 
 def test_hop_down_then_up():
