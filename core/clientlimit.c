@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/sgerr.h"
+#include "core/timeutil.h"
 
 #define CLIENTLIMIT_SLOTS 65536
 
@@ -74,10 +75,7 @@ static int clientlimit__rate_ok(struct clientlimit_slot *s, unsigned rate_per_mi
 }
 
 int clientlimit_acquire(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return clientlimit_acquire_at(sa, max_conns, rate_per_min,
-                                (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+  return clientlimit_acquire_at(sa, max_conns, rate_per_min, timeutil_wall_ms());
 }
 
 int clientlimit_acquire_at(const struct sockaddr *sa, unsigned max_conns, unsigned rate_per_min,

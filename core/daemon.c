@@ -128,7 +128,6 @@ struct daemon_collect {
   int refs;
   unsigned pending;
   struct buf out;
-  struct shard *sh;
 };
 
 static void daemon__collect_unref(struct daemon_collect *c) {

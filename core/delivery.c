@@ -12,6 +12,7 @@
 #include "core/dsn.h"
 #include "core/log.h"
 #include "core/sgerr.h"
+#include "core/timeutil.h"
 #include "core/shard.h"
 #include "core/smtp_client.h"
 #include "core/spool.h"
@@ -57,12 +58,6 @@ struct delivery {
   unsigned busy;              /* transactions in flight */
   bool draining;
 };
-
-static uint64_t dl__now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void dl__route(struct delivery *dl, struct spool_msg *m);
 static void dl__pump(struct delivery *dl, struct dl_host *h);
@@ -147,14 +142,14 @@ static void dl__on_retry(uv_timer_t *t);
 static void dl__arm_retry(struct delivery *dl, uint64_t when) {
   if (dl->draining) return;
   if (uv_is_active((uv_handle_t *)&dl->retry) && dl->retry_due <= when) return;
-  uint64_t now = dl__now_ms();
+  uint64_t now = timeutil_wall_ms();
   dl->retry_due = when;
   uv_timer_start(&dl->retry, dl__on_retry, when > now ? when - now : 0, 0);
 }
 
 static void dl__on_retry(uv_timer_t *t) {
   struct delivery *dl = t->data;
-  uint64_t now = dl__now_ms();
+  uint64_t now = timeutil_wall_ms();
   struct spool_msg **pp = &dl->deferred, *due = NULL;
   uint64_t first = UINT64_MAX;
   while (*pp) {
@@ -289,13 +284,13 @@ static struct spool_msg *dl__build_dsn(struct delivery *dl, const struct spool_m
   struct config *cfg = daemon_config_get(dl->sh->d);
   /* Data may have been dropped from memory (a long queue): then the report
    * goes without the original's headers rather than not at all. */
-  struct dsn_info info = {cfg->hostname, m->env.queue_id, m->env.arrival_ms, dl__now_ms(),
+  struct dsn_info info = {cfg->hostname, m->env.queue_id, m->env.arrival_ms, timeutil_wall_ms(),
                           m->env.sender, rc, n, m->data ? m->data : "", m->data ? m->data_len : 0};
   struct buf out = BUF_INIT;
   struct spool_msg *d = calloc(1, sizeof *d);
   int err = (!d || dsn_build(&info, &out) != 0);
   if (!err) {
-    d->env.arrival_ms = dl__now_ms();
+    d->env.arrival_ms = timeutil_wall_ms();
     d->env.sender = strdup("");
     d->env.rcpts = calloc(1, sizeof(char *));
     d->env.n_rcpts = 1;
@@ -339,7 +334,7 @@ static void dl__after_attempt(struct delivery *dl, struct spool_msg *m,
     return;
   }
   struct config *cfg = daemon_config_get(dl->sh->d);
-  uint64_t now = dl__now_ms(); /* wall clock: arrival_ms survives restarts; may step back */
+  uint64_t now = timeutil_wall_ms(); /* wall clock: arrival_ms survives restarts; may step back */
   bool expired = now > m->env.arrival_ms && now - m->env.arrival_ms >= cfg->limits.queue_lifetime_ms;
   config_unref(cfg);
   f->dl = dl;
@@ -390,7 +385,7 @@ static void dl__defer(struct delivery *dl, struct spool_msg *m) {
   if (delay > cfg->limits.retry_max_ms) delay = cfg->limits.retry_max_ms;
   config_unref(cfg);
   m->attempts++;
-  m->next_try_ms = dl__now_ms() + delay;
+  m->next_try_ms = timeutil_wall_ms() + delay;
   free(m->data); /* reloaded from the spool at the next try: retries cost disk, not memory */
   m->data = NULL;
   m->next = dl->deferred;
@@ -478,7 +473,7 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   snprintf(h->last_error, sizeof h->last_error, "%s", err);
   struct delivery *dl = cn->h->dl;
   struct config *cfg = daemon_config_get(dl->sh->d);
-  h->down_until_ms = dl__now_ms() + cfg->limits.retry_min_ms;
+  h->down_until_ms = timeutil_wall_ms() + cfg->limits.retry_min_ms;
   config_unref(cfg);
   /* The host is down: everyone waiting retries later (those being read
    * back stay; their read's completion brings them here again). */
@@ -656,7 +651,7 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
     dl__fail_all(dl, m, 451, "451 4.7.5 next hop requires TLS, which this version cannot do", h->key);
     return;
   }
-  if (h->down_until_ms > dl__now_ms()) {
+  if (h->down_until_ms > timeutil_wall_ms()) {
     dl__fail_all(dl, m, 451, h->last_error, h->key);
     return;
   }

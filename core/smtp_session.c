@@ -19,6 +19,7 @@
 #include "core/listener.h"
 #include "core/log.h"
 #include "core/sgerr.h"
+#include "core/timeutil.h"
 #include "core/shard.h"
 #include "core/smtp_data.h"
 #include "core/smtp_parser.h"
@@ -94,12 +95,6 @@ static bool sess__data_account(struct smtp_session *s) {
 static void sess__data_release(struct smtp_session *s) {
   atomic_fetch_sub(&sess_data_held, s->held);
   s->held = 0;
-}
-
-static uint64_t sess__now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void sess__process(struct smtp_session *s);
@@ -377,7 +372,7 @@ static void sess__cmd_data(struct smtp_session *s) {
   smtp_data_init(&s->data, s->cfg->limits.message_size, s->cfg->limits.data_line_length);
   buf_reset(&s->body);
   sess__received_header(s);
-  s->data_start_ms = sess__now_ms();
+  s->data_start_ms = timeutil_mono_ms();
   s->state = SS_DATA;
   sess__reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -389,7 +384,7 @@ static void sess__log_accept(struct smtp_session *s, const struct spool_msg *m, 
   log_safe(from, sizeof from, m->env.sender, strlen(m->env.sender));
   log_info("queue_id=%s from=<%s> rcpts=%zu size=%zu action=relay result=%s client=%s ms=%" PRIu64,
            m->env.queue_id, from, m->env.n_rcpts, m->data_len, result, s->peer_str,
-           sess__now_ms() - s->data_start_ms);
+           timeutil_mono_ms() - s->data_start_ms);
 }
 
 static void sess__committed(struct spool_msg *m, int status, void *arg) {
@@ -416,7 +411,7 @@ static void sess__committed(struct spool_msg *m, int status, void *arg) {
 static int sess__fill_envelope(struct smtp_session *s, struct spool_msg *m) {
   char hop[300];
   struct spool_envelope *e = &m->env;
-  e->arrival_ms = sess__now_ms();
+  e->arrival_ms = timeutil_wall_ms();
   e->sender = s->sender;
   s->sender = NULL;
   e->rcpts = s->rcpts;
@@ -550,7 +545,7 @@ static void sess__on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b);
 static void sess__track_partial(struct smtp_session *s) {
   bool pending = s->discarding_line || s->in.len > s->in_off;
   if (s->state == SS_DATA || !pending) s->partial_since_ms = 0;
-  else if (s->partial_since_ms == 0) s->partial_since_ms = sess__now_ms();
+  else if (s->partial_since_ms == 0) s->partial_since_ms = timeutil_mono_ms();
 }
 
 static void sess__process(struct smtp_session *s) {
@@ -622,7 +617,7 @@ static void sess__arm_timer(struct smtp_session *s) {
   }
   uint64_t t = s->cfg->limits.idle_timeout_ms;
   if (s->state != SS_DATA && s->partial_since_ms) {
-    uint64_t elapsed = sess__now_ms() - s->partial_since_ms;
+    uint64_t elapsed = timeutil_mono_ms() - s->partial_since_ms;
     uint64_t left = s->cfg->limits.command_timeout_ms > elapsed
                         ? s->cfg->limits.command_timeout_ms - elapsed : 1;
     if (left < t) t = left;

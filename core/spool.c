@@ -18,6 +18,7 @@
 
 #include "core/log.h"
 #include "core/sgerr.h"
+#include "core/timeutil.h"
 
 /* One folder and the state of its group commit. */
 struct spool_dir {
@@ -73,12 +74,6 @@ struct spool {
   atomic_int_fast64_t space_checked_s;
   atomic_uint_fast64_t space_avail; /* free bytes at the last check */
 };
-
-static uint64_t spool__now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 const char *spool_msg_path(const struct spool_msg *msg, char *out, size_t cap) {
   snprintf(out, cap, "%s/%s", msg->dir->path, msg->env.queue_id);
@@ -324,7 +319,7 @@ static void spool__quarantine_corrupt(struct spool *sp, const char *path, const 
   const char *base = strrchr(path, '/');
   base = base ? base + 1 : path;
   char dst[4200];
-  snprintf(dst, sizeof dst, "%s/%s.%" PRIu64, sp->corrupt, base, spool__now_ms());
+  snprintf(dst, sizeof dst, "%s/%s.%" PRIu64, sp->corrupt, base, timeutil_wall_ms());
   if (rename(path, dst) == 0)
     log_err("spool: %s is corrupt (%s); moved to %s", path, why ? why : "unreadable", dst);
   else
@@ -445,7 +440,7 @@ void spool_msg_free(struct spool_msg *msg) {
 void spool_new_id(struct spool *sp, unsigned shard, struct spool_msg *msg) {
   uint32_t n = (uint32_t)atomic_fetch_add(&sp->counters[shard % sp->n_shards], 1);
   snprintf(msg->env.queue_id, sizeof msg->env.queue_id, "%011" PRIX64 "%02X%05X",
-           spool__now_ms(), shard & 0xff, n & 0xfffff);
+           timeutil_wall_ms(), shard & 0xff, n & 0xfffff);
 }
 
 bool spool_space_ok(struct spool *sp, uint64_t reserve) {

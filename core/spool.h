@@ -98,7 +98,7 @@ int spool_recover(struct spool *sp, void (*fn)(struct spool_msg *msg, void *arg)
 int spool_scan(const char *spool_dir, void (*fn)(struct spool_msg *msg, const char *path, void *arg),
                void *arg);
 
-/* Path of msg's file (static per thread). */
+/* Path of msg's file, written into out (cap bytes); returns out. */
 const char *spool_msg_path(const struct spool_msg *msg, char *out, size_t cap);
 
 #endif
