@@ -15,22 +15,32 @@ cmake --build build -j "$(nproc)" --target sealgate sealctl
 [ -f demo/sealgate.yaml ] || build/bin/sealctl init demo --domain example.com \
   --listen "$LISTEN" --next-hop "$NEXT_HOP"
 
-mkdir -p demo-received
+RECEIVED=$PWD/demo-received
+mkdir -p "$RECEIVED"
 sink_user=()
-if [ "$(id -u)" = 0 ]; then chown postfix demo-received; sink_user=(-u postfix); fi
-/usr/sbin/smtp-sink "${sink_user[@]}" -c -d "$PWD/demo-received/%Y%m%d/msg." "$NEXT_HOP" 256 &
+if [ "$(id -u)" = 0 ]; then
+  sink_user=(-u postfix)
+  chown postfix "$RECEIVED"
+  # A checkout in a private folder (/root is 0700) is out of the postfix
+  # user's reach: store the mail where it can write.
+  if ! runuser -u postfix -- test -w "$RECEIVED"; then
+    RECEIVED=/var/tmp/sealgate-demo-received
+    mkdir -p "$RECEIVED" && chown postfix "$RECEIVED" && chmod 0755 "$RECEIVED"
+  fi
+fi
+/usr/sbin/smtp-sink "${sink_user[@]}" -c -d "$RECEIVED/%Y%m%d/msg." "$NEXT_HOP" 256 &
 SINK=$!
 trap 'kill $SINK 2>/dev/null || true' EXIT
 
 cat <<TXT
 
 sealgate demo: listening on $LISTEN, delivering to a local sink on $NEXT_HOP
-that stores each message under $PWD/demo-received/.
+that stores each message under $RECEIVED/.
 Send it a message from another terminal:
 
   swaks --server $LISTEN --from alice@example.com --to bob@example.net --header "Subject: hello"
 
-Then: ls -R demo-received   |   build/bin/sealctl -c demo/sealgate.yaml queue list
+Then: ls -R $RECEIVED   |   build/bin/sealctl -c demo/sealgate.yaml queue list
 Ctrl-C stops the gateway (it drains first).
 
 TXT
