@@ -349,6 +349,8 @@ static void config_free(struct config *c) {
   free(c->hsm.module);
   free(c->hsm.token);
   free(c->hsm.pin_file);
+  free(c->hsm.softhsm_conf);
+  free(c->hsm.server_user);
   free(c->message_filters);
   free(c);
 }
@@ -1190,6 +1192,10 @@ static const struct field HSM_FIELDS[] = {
     F("module", T_FN, struct config, hsm.module, REQ, .fn = parse_module),
     F("token", T_STR, struct config, hsm.token, REQ),
     F("pin_file", T_PATH, struct config, hsm.pin_file, REQ),
+    /* Extensions (docs/CONFIG.md). */
+    F("softhsm_conf", T_PATH, struct config, hsm.softhsm_conf),
+    F("server_user", T_STR, struct config, hsm.server_user),
+    F("workers", T_UINT, struct config, hsm.workers, .min = 0, .max = 256),
     {0}};
 
 static const struct field TRUST_FIELDS[] = {
@@ -1254,6 +1260,11 @@ static int check_top(struct ctx *x, yaml_node_t *root) {
     bool block = mf->data.scalar.style == YAML_LITERAL_SCALAR_STYLE ||
                  mf->data.scalar.style == YAML_FOLDED_SCALAR_STYLE;
     c->message_filters_line = node_line(mf) + (block ? 1 : 0);
+  }
+  if (!c->hsm.softhsm_conf) { /* the instance's own SoftHSM2 (sealctl init) */
+    size_t n = strlen(c->dir) + sizeof "/hsm/softhsm2.conf";
+    if (!(c->hsm.softhsm_conf = malloc(n))) return oom(x);
+    snprintf(c->hsm.softhsm_conf, n, "%s/hsm/softhsm2.conf", c->dir);
   }
   if (!c->hostname) {
     char host[256] = "";

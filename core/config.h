@@ -149,6 +149,11 @@ struct config {
     char *module;        /* "remote", "inprocess" or an absolute module path */
     char *token;
     char *pin_file;      /* absolute */
+    /* Extensions beyond INTERFACE.md (docs/CONFIG.md). */
+    char *softhsm_conf;  /* absolute; default DIR/hsm/softhsm2.conf (remote, inprocess) */
+    char *server_user;   /* root with `user:`: the token server's own user;
+                            NULL = "sealgate-hsm" */
+    unsigned workers;    /* crypto worker threads; 0 = one per online CPU */
   } hsm;
   bool trust_system_cas;
   struct config_listener *listeners;

@@ -22,6 +22,7 @@
 #include "core/sgerr.h"
 #include "core/shard.h"
 #include "core/spool.h"
+#include "crypto/keyring.h"
 
 #define DAEMON_DRAIN_MAX_S 30
 #define DAEMON_SPOOL_THREADS 8
@@ -34,6 +35,7 @@ struct daemon_main {
   char **keys; /* listener addresses currently bound */
   size_t n_keys;
   int lock_fd;
+  struct keyring *keys_ring; /* token server, token, crypto workers, certificates */
   bool loop_ready; /* the main loop was initialised (daemon__stop must know) */
 };
 
@@ -95,10 +97,20 @@ static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
   if (!daemon__same(oc->spool_dir, nc->spool_dir)) fixed = "spool_dir";
   else if (config_effective_shards(oc) != config_effective_shards(nc)) fixed = "shards";
   else if (!daemon__same(oc->user, nc->user)) fixed = "user";
+  else if (!daemon__same(oc->hsm.module, nc->hsm.module) || !daemon__same(oc->hsm.token, nc->hsm.token) ||
+           !daemon__same(oc->hsm.pin_file, nc->hsm.pin_file) ||
+           !daemon__same(oc->hsm.softhsm_conf, nc->hsm.softhsm_conf) ||
+           !daemon__same(oc->hsm.server_user, nc->hsm.server_user) || oc->hsm.workers != nc->hsm.workers)
+    fixed = "hsm";
   if (fixed) {
     snprintf(err, errlen, "%s cannot change while running; restart sealgate to apply it", fixed);
     config_unref(nc);
     return SG_ECONFIG;
+  }
+  /* The new config must fit the token (names it uses, EC in remote mode). */
+  if ((rc = keyring_reload(m->keys_ring, nc, err, errlen)) != 0) {
+    config_unref(nc);
+    return rc;
   }
   struct listener_plan plan;
   if ((rc = listener_plan_build(nc, m->keys, m->n_keys, m->d.n_shards, &plan, err, errlen)) != 0) {
@@ -191,6 +203,18 @@ static int daemon__queue_list(struct daemon_main *m, struct buf *payload) {
 
 static void daemon__flush_shard(void *arg) { delivery_flush(((struct shard *)arg)->dl); }
 
+/* "NAME COUNT": signatures through the crypto workers (sealctl cert check). */
+static int daemon__cert_check(struct daemon_main *m, const char *args, struct buf *payload, char *err,
+                              size_t errlen) {
+  char name[129];
+  unsigned long count;
+  if (sscanf(args, "%128s %lu", name, &count) != 2 || count < 1 || count > 1000000) {
+    snprintf(err, errlen, "usage: cert check NAME COUNT (1..1000000)");
+    return SG_EINVAL;
+  }
+  return keyring_check(m->keys_ring, name, count, payload, err, errlen);
+}
+
 static int daemon__control(void *arg, const char *cmd, struct buf *payload, char *err,
                            size_t errlen) {
   struct daemon_main *m = arg;
@@ -201,6 +225,14 @@ static int daemon__control(void *arg, const char *cmd, struct buf *payload, char
     return rc;
   }
   if (strcmp(cmd, "queue list") == 0) return daemon__queue_list(m, payload);
+  if (strcmp(cmd, "keys reload") == 0) {
+    struct config *cfg = daemon_config_get(&m->d);
+    int rc = keyring_reload(m->keys_ring, cfg, err, errlen);
+    config_unref(cfg);
+    if (rc) log_err("keys reload rejected: %s", err);
+    return rc;
+  }
+  if (strncmp(cmd, "cert check ", 11) == 0) return daemon__cert_check(m, cmd + 11, payload, err, errlen);
   if (strcmp(cmd, "queue flush") == 0) {
     for (unsigned s = 0; s < m->d.n_shards; s++) shard_post(m->d.shards[s], daemon__flush_shard, m->d.shards[s]);
     return 0;
@@ -342,6 +374,7 @@ static void daemon__stop(struct daemon_main *m) {
   for (unsigned i = 0; i < m->d.n_shards; i++) shard_join(m->d.shards[i]);
   free(m->d.shards);
   spool_close(m->d.spool);
+  keyring_stop(m->keys_ring);
   if (m->loop_ready) {
     control_close(m->ctl);
     uv_walk(&m->loop, daemon__walk_close, NULL);
@@ -373,6 +406,8 @@ int daemon_run(const char *config_path) {
   m.d.instance_dir = strdup(cfg->dir);
   if (!cfg->user && geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");
   int rc = daemon__lock(&m, cfg->dir);
+  /* The token server's keeper is forked here, before any thread exists. */
+  if (rc == 0 && (rc = keyring_start(cfg, &m.keys_ring, err, sizeof err)) != 0) log_err("hsm: %s", err);
   if (rc == 0) rc = clientlimit_init();
   if (rc == 0) rc = daemon__start_shards(&m);
   /* Bind while still root, then give up root before the first client and
@@ -382,6 +417,7 @@ int daemon_run(const char *config_path) {
     log_err("%s", err);
   if (rc == 0) rc = daemon__start_main_loop(&m);
   if (rc == 0 && (rc = privs_drop(cfg, err, sizeof err)) != 0) log_err("%s", err);
+  if (rc == 0 && (rc = keyring_open(m.keys_ring, cfg, err, sizeof err)) != 0) log_err("hsm: %s", err);
   if (rc == 0) {
     struct daemon_recover r = {NULL, 0};
     spool_recover(m.d.spool, daemon__recover_one, &r);

@@ -18,11 +18,16 @@
  * connecting to the socket, never by a pid.
  *
  * Privileges: when the caller is root and params.server_user is set, the
- * keeper stays root (it does nothing but spawn and wait) and the server
- * runs under server_user (p11-kit's --run-as-user/--run-as-group), with
- * only client_uid allowed to connect (--user).  RUN_DIR and the token
- * folder are then owned by server_user; the gateway keeps only the PIN and
- * the socket.  Without root, keeper, server and gateway share one uid.
+ * keeper stays root (it does nothing but spawn and wait) and drops to
+ * server_user itself in the server's child before exec (initgroups,
+ * setgid, setuid, then PR_SET_PDEATHSIG, which a setuid would clear).
+ * p11-kit's own --run-as-user is not used: it cannot chown the socket
+ * after dropping root.  The server gets --user for client_uid (p11-kit
+ * checks the peer's uid after accept), and the keeper chowns each new
+ * socket to client_uid:client_gid before repointing RUN_DIR/current.
+ * RUN_DIR and the token folder are then owned by server_user; the gateway
+ * keeps only the PIN and the socket.  Without root, keeper, server and
+ * gateway share one uid.
  *
  * Trusts: its params (from the validated config).  Logs go to stderr with
  * the "hsm-server:" prefix.

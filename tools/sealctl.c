@@ -25,16 +25,9 @@
 #include "core/sgerr.h"
 #include "core/spool.h"
 
-#define CTL_TIMEOUT_MS 30000
+#include "tools/sealctl.h"
 
-struct ctl {
-  const char *config;
-  bool json;
-  int argc;     /* command words and their options, globals removed */
-  char **argv;
-};
-
-static int ctl_usage_error(const char *fmt, const char *arg) {
+int ctl_usage_error(const char *fmt, const char *arg) {
   fprintf(stderr, "sealctl: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, " (try --help)\n");
@@ -50,15 +43,25 @@ static void ctl_usage(FILE *f) {
           "  reload                make the running daemon load its configuration\n"
           "  queue list            messages waiting for delivery\n"
           "  queue flush           retry every deferred message now\n"
+          "  cert create NAME --cn FQDN [--org O] [--ou OU] [--city L] [--state ST]\n"
+          "       [--country CC] [--days N] [--san-domains a.com,*.b.net] [--san-emails x@a.com,...]\n"
+          "       [--key-type rsa|ec] [--key-size 2048|3072|4096|256|384] [--fqdn-validate] [--renew]\n"
+          "  cert csr NAME         PEM certificate signing request on stdout\n"
+          "  cert import NAME FILE.p12 --password-file F [--renew]\n"
+          "  cert list | show NAME | export NAME | delete NAME\n"
+          "  cert backup FILE --password-file F\n"
+          "  cert restore FILE --password-file F [--replace]\n"
+          "  cert check NAME [--count N]   sign through the token and verify\n"
+          "  alerts list           certificates expiring within 30 days\n"
           "Global options -c and --json may stand anywhere. Exit 0 success,\n"
           "1 failed operation, 2 bad usage.\n"
-          "Commands of later issues (cert, pubkey, harvested, ca, quarantine,\n"
-          "alerts) are not available in this version.\n");
+          "Commands of later issues (pubkey, harvested, ca, quarantine, profile)\n"
+          "are not available in this version.\n");
 }
 
 /* ---- config and control helpers -------------------------------------------- */
 
-static int ctl_load(const struct ctl *c, struct config **out) {
+int ctl_load(const struct ctl *c, struct config **out) {
   if (!c->config) {
     fprintf(stderr, "sealctl: -c CONFIG is required for this command\n");
     return 2;
@@ -71,7 +74,7 @@ static int ctl_load(const struct ctl *c, struct config **out) {
   return 0;
 }
 
-static int ctl_request(const struct config *cfg, const char *cmd, struct buf *out) {
+int ctl_request(const struct config *cfg, const char *cmd, struct buf *out) {
   char path[4096];
   snprintf(path, sizeof path, "%s/control.sock", cfg->dir);
   int rc = control_request(path, cmd, CTL_TIMEOUT_MS, out);
@@ -81,7 +84,7 @@ static int ctl_request(const struct config *cfg, const char *cmd, struct buf *ou
   return rc;
 }
 
-static void ctl_json_str(FILE *f, const char *s) {
+void ctl_json_str(FILE *f, const char *s) {
   fputc('"', f);
   for (; s && *s; s++) {
     unsigned char ch = (unsigned char)*s;
@@ -205,6 +208,12 @@ static int ctl_config(const struct ctl *c) {
   struct config *cfg;
   int rc = ctl_load(c, &cfg);
   if (rc) return rc;
+  char err[1024];
+  if ((rc = ctl_check_token(cfg, err, sizeof err)) != 0) {
+    fprintf(stderr, "sealctl: %s: %s\n", cfg->path, err);
+    config_unref(cfg);
+    return 1;
+  }
   if (c->json) printf("{\"ok\":true,\"listeners\":%zu}\n", cfg->n_listeners);
   else printf("%s: configuration OK (%zu listener(s))\n", cfg->path, cfg->n_listeners);
   config_unref(cfg);
@@ -247,13 +256,16 @@ static int ctl_init_args(const struct ctl *c, struct ctl_init *o) {
     return ctl_usage_error("init: --key-type must be rsa or ec, not '%s'", o->key_type);
   if (strcmp(o->hsm, "remote") && strcmp(o->hsm, "inprocess") && o->hsm[0] != '/')
     return ctl_usage_error("init: --hsm must be remote, inprocess or an absolute module path, not '%s'", o->hsm);
+  if (strcmp(o->key_type, "ec") == 0 && strcmp(o->hsm, "remote") == 0)
+    return ctl_usage_error("init: --key-type ec needs --hsm inprocess or a module path: through the remote "
+                           "token server EC keys can sign but not decrypt (the p11-kit RPC has no ECDH)%s", "");
   if (strchr(o->domain, '"') || strchr(o->domain, '\\') || !strchr(o->domain, '.'))
     return ctl_usage_error("init: '%s' is not a domain name", o->domain);
   return 0;
 }
 
 /* Write path atomically with mode; 0 or an errno-derived code. */
-static int ctl_write_file(const char *path, const char *text, mode_t mode) {
+int ctl_write_file(const char *path, const char *text, mode_t mode) {
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -324,10 +336,16 @@ static int ctl_init_files(const struct ctl_init *o) {
            "directories.tokendir = %s/hsm/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", abs);
   snprintf(path, sizeof path, "%s/hsm/softhsm2.conf", o->dir);
   if (rc == 0) rc = ctl_write_file(path, text, 0600);
+  if (rc) {
+    fprintf(stderr, "sealctl: cannot write %s: %s\n", path, sgerr_str(rc));
+    return 1;
+  }
+  /* The token before the config: a config exists only for a whole instance. */
+  if (ctl_init_token(abs, o->domain, o->org, o->hsm, o->key_type) != 0) return 1;
   struct buf y = BUF_INIT;
   ctl_init_yaml(o, &y);
   snprintf(path, sizeof path, "%s/sealgate.yaml", o->dir);
-  if (rc == 0) rc = ctl_write_file(path, y.data, 0600);
+  rc = ctl_write_file(path, y.data, 0600);
   buf_free(&y);
   if (rc) fprintf(stderr, "sealctl: cannot write %s: %s\n", path, sgerr_str(rc));
   return rc ? 1 : 0;
@@ -343,8 +361,14 @@ static int ctl_init(const struct ctl *c) {
     o.hostname = host;
   }
   snprintf(path, sizeof path, "%s/sealgate.yaml", o.dir);
-  if (access(path, F_OK) == 0) {
-    fprintf(stderr, "sealctl: %s already holds a sealgate instance (%s exists)\n", o.dir, path);
+  char tokens[4200];
+  snprintf(tokens, sizeof tokens, "%s/hsm/tokens", o.dir);
+  /* A token without a config is an earlier init that failed half-way:
+   * refuse too, rather than put a second token beside it. */
+  bool exists = access(path, F_OK) == 0, token = false;
+  if (!exists && rmdir(tokens) != 0 && (errno == ENOTEMPTY || errno == EEXIST)) token = true;
+  if (exists || token) {
+    fprintf(stderr, "sealctl: %s already holds a sealgate instance (%s exists)\n", o.dir, exists ? path : tokens);
     return 1;
   }
   if ((rc = ctl_init_files(&o)) != 0) return rc;
@@ -356,7 +380,6 @@ static int ctl_init(const struct ctl *c) {
   }
   config_unref(cfg);
   printf("created instance %s\n  config: %s\n  run:    sealgate -c %s\n", o.dir, path, path);
-  printf("  note: the token and the 'org' certificate are not created by this version\n");
   return 0;
 }
 
@@ -391,12 +414,14 @@ int main(int argc, char **argv) {
   }
   if (c.argc == 0) return ctl_usage_error("no command given%s", "");
   const char *cmd = c.argv[0];
-  static const char *later[] = {"cert", "pubkey", "harvested", "ca", "quarantine", "alerts", "profile"};
+  static const char *later[] = {"pubkey", "harvested", "ca", "quarantine", "profile"};
   int rc;
   if (strcmp(cmd, "init") == 0) rc = ctl_init(&c);
   else if (strcmp(cmd, "config") == 0) rc = ctl_config(&c);
   else if (strcmp(cmd, "reload") == 0) rc = ctl_reload(&c);
   else if (strcmp(cmd, "queue") == 0) rc = ctl_queue(&c);
+  else if (strcmp(cmd, "cert") == 0) rc = ctl_cert(&c);
+  else if (strcmp(cmd, "alerts") == 0) rc = ctl_alerts(&c);
   else {
     rc = -1;
     for (size_t i = 0; i < sizeof later / sizeof *later; i++)

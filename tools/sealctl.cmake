@@ -1,2 +1,2 @@
-add_executable(sealctl ${CMAKE_CURRENT_LIST_DIR}/sealctl.c)
-target_link_libraries(sealctl PRIVATE sg_config sg_control sg_spool ${SEALGATE_MALLOC_LIBS})
+add_executable(sealctl ${CMAKE_CURRENT_LIST_DIR}/sealctl.c ${CMAKE_CURRENT_LIST_DIR}/sealctl_cert.c)
+target_link_libraries(sealctl PRIVATE sg_config sg_control sg_spool sg_crypto ${SEALGATE_MALLOC_LIBS})

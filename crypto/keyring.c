@@ -1,0 +1,217 @@
+/*
+ * keyring - the daemon's keys (keyring.h): token server, token, crypto
+ * workers, organisation certificates.
+ *
+ * The certificate set is swapped under a mutex on reload; the outgoing
+ * issue reads it from the workers and will publish it with RCU instead.
+ */
+#include "crypto/keyring.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/sgerr.h"
+#include "crypto/certstore.h"
+#include "crypto/cryptopool.h"
+#include "hsm/hsm.h"
+#include "hsm/hsm_server.h"
+
+#define KEYRING_SERVER_START_MS 15000
+#define KEYRING_ALERT_DAYS 30
+
+struct keyring {
+  struct hsm_server *server; /* remote mode only */
+  struct hsm *hsm;
+  struct cryptopool *pool;
+  pthread_mutex_t mu;        /* guards certs */
+  struct certstore *certs;
+};
+
+static uid_t keyring_uid; /* nftw passes no argument: set just before the walk */
+static gid_t keyring_gid;
+
+static int keyring__chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return lchown(path, keyring_uid, keyring_gid);
+}
+
+/* Root with `user:`: the token server's user owns the token, the gateway's
+ * user may only traverse to its PIN and the server's socket. */
+static int keyring__layout(const struct config *cfg, const char *hsm_dir, struct hsm_server_params *p,
+                           char *err, size_t errlen) {
+  if (geteuid() != 0 || !cfg->user) return 0;
+  struct passwd *gw = getpwnam(cfg->user);
+  if (!gw) {
+    snprintf(err, errlen, "user '%s' does not exist", cfg->user);
+    return SG_ENOTFOUND;
+  }
+  p->server_user = cfg->hsm.server_user ? cfg->hsm.server_user : "sealgate-hsm";
+  p->client_uid = gw->pw_uid;
+  p->client_gid = gw->pw_gid;
+  struct passwd *su = getpwnam(p->server_user);
+  if (!su) {
+    snprintf(err, errlen, "hsm.server_user '%s' does not exist: the token server needs its own user "
+             "(useradd --system --no-create-home --shell /usr/sbin/nologin %s)", p->server_user, p->server_user);
+    return SG_ENOTFOUND;
+  }
+  char tokens[4200];
+  snprintf(tokens, sizeof tokens, "%s/tokens", hsm_dir);
+  keyring_uid = su->pw_uid;
+  keyring_gid = su->pw_gid;
+  if (nftw(tokens, keyring__chown_one, 16, FTW_PHYS) != 0 || chmod(tokens, 0700) != 0 ||
+      chown(cfg->hsm.softhsm_conf, su->pw_uid, su->pw_gid) != 0 || chmod(hsm_dir, 0711) != 0 ||
+      chmod(cfg->dir, 0711) != 0) {
+    snprintf(err, errlen, "cannot give %s to the token server's user %s: %s", tokens, p->server_user,
+             strerror(errno));
+    return SG_EIO;
+  }
+  return 0;
+}
+
+int keyring_start(const struct config *cfg, struct keyring **out, char *err, size_t errlen) {
+  struct keyring *k = calloc(1, sizeof *k);
+  if (!k) return SG_ENOMEM;
+  pthread_mutex_init(&k->mu, NULL);
+  *out = k;
+  if (strcmp(cfg->hsm.module, "remote") != 0) return 0;
+  char hsm_dir[4096], run_dir[4200];
+  certstore_hsm_dir(cfg, hsm_dir, sizeof hsm_dir);
+  snprintf(run_dir, sizeof run_dir, "%s/run", hsm_dir);
+  struct hsm_server_params p = {.run_dir = run_dir, .softhsm_conf = cfg->hsm.softhsm_conf, .token = cfg->hsm.token};
+  int rc = keyring__layout(cfg, hsm_dir, &p, err, errlen);
+  if (rc == 0) rc = hsm_server_start(&p, KEYRING_SERVER_START_MS, &k->server, err, errlen);
+  if (rc == 0)
+    log_info("token server started (p11-kit server for token %s%s%s)", cfg->hsm.token,
+             p.server_user ? ", as user " : "", p.server_user ? p.server_user : "");
+  return rc;
+}
+
+static void keyring__alerts(const struct certstore *s) {
+  time_t now = time(NULL);
+  for (size_t i = 0; i < s->n; i++) {
+    X509 *x = s->entries[i].keys[0].cert;
+    long days = x ? cert_days_left(x, now) : KEYRING_ALERT_DAYS + 1;
+    if (days < 0) log_warn("certificate '%s' has expired", s->entries[i].name);
+    else if (days <= KEYRING_ALERT_DAYS)
+      log_warn("certificate '%s' expires in %ld day(s): renew it (sealctl cert create %s --renew)",
+               s->entries[i].name, days, s->entries[i].name);
+  }
+}
+
+int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
+  struct certstore *s;
+  int rc = certstore_load(k->hsm, &s);
+  if (rc) {
+    snprintf(err, errlen, "cannot list the token: %s", sgerr_str(rc));
+    return rc;
+  }
+  if ((rc = certstore_check_config(s, cfg, err, errlen)) != 0) {
+    certstore_free(s);
+    return rc;
+  }
+  keyring__alerts(s);
+  pthread_mutex_lock(&k->mu);
+  struct certstore *old = k->certs;
+  k->certs = s;
+  pthread_mutex_unlock(&k->mu);
+  certstore_free(old);
+  size_t keys = 0;
+  for (size_t i = 0; i < s->n; i++) keys += s->entries[i].n_keys;
+  log_info("keys: %zu certificate name(s), %zu key pair(s) in token %s", s->n, keys, cfg->hsm.token);
+  return 0;
+}
+
+int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
+  struct hsm_params p;
+  certstore_hsm_params(cfg, k->server ? hsm_server_address(k->server) : NULL, &p);
+  int rc = hsm_open(&p, &k->hsm, err, errlen);
+  if (rc == 0) rc = keyring_reload(k, cfg, err, errlen);
+  if (rc == 0) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
+  if (rc == 0) log_info("crypto workers: %u", cryptopool_size(k->pool));
+  return rc;
+}
+
+/* ---- cert check ------------------------------------------------------------ */
+
+struct keyring_check {
+  struct cryptopool_job job;
+  pthread_mutex_t *mu;
+  pthread_cond_t *cv;
+  unsigned long *pending, *failed;
+  const struct hsm_keyref *ref;
+  X509 *cert;
+  char *first_err; /* 256 bytes, shared, written once */
+};
+
+static void keyring__check_run(struct cryptopool_job *job, struct hsm_worker *w) {
+  struct keyring_check *c = (struct keyring_check *)job;
+  char err[256] = "token unreachable";
+  int rc = w ? certstore_selftest(w, c->ref, c->cert, err, sizeof err) : SG_ETEMP;
+  pthread_mutex_lock(c->mu);
+  if (rc) {
+    if ((*c->failed)++ == 0) snprintf(c->first_err, 256, "%s", err);
+  }
+  if (--*c->pending == 0) pthread_cond_signal(c->cv);
+  pthread_mutex_unlock(c->mu);
+}
+
+int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out, char *err,
+                  size_t errlen) {
+  pthread_mutex_lock(&k->mu);
+  const struct certstore_entry *e = certstore_find(k->certs, name);
+  X509 *cert = e && e->keys[0].cert ? X509_dup(e->keys[0].cert) : NULL;
+  struct hsm_keyref ref;
+  memset(&ref, 0, sizeof ref);
+  if (e) ref = e->keys[0].ref;
+  pthread_mutex_unlock(&k->mu);
+  if (!cert) {
+    snprintf(err, errlen, "no certificate named '%.80s' (sealctl cert list)", name);
+    return SG_ENOTFOUND;
+  }
+  struct keyring_check *jobs = calloc(count, sizeof *jobs);
+  pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+  unsigned long pending = count, failed = 0;
+  char first[256] = "";
+  if (!jobs) {
+    X509_free(cert);
+    return SG_ENOMEM;
+  }
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (unsigned long i = 0; i < count; i++) {
+    jobs[i] = (struct keyring_check){{NULL, keyring__check_run}, &mu, &cv, &pending, &failed, &ref, cert, first};
+    cryptopool_submit(k->pool, &jobs[i].job);
+  }
+  pthread_mutex_lock(&mu);
+  while (pending > 0) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  buf_appendf(out, "%lu signatures with '%s': %lu verified, %lu failed (%.0f/s, %u crypto workers)%s%s\n", count,
+              name, count - failed, failed, (double)count / (s > 0 ? s : 1e-9), cryptopool_size(k->pool),
+              failed ? "; first error: " : "", first);
+  free(jobs);
+  X509_free(cert);
+  if (failed) snprintf(err, errlen, "%lu of %lu signatures failed: %s", failed, count, first);
+  return failed ? SG_EIO : 0;
+}
+
+void keyring_stop(struct keyring *k) {
+  if (!k) return;
+  cryptopool_stop(k->pool);
+  certstore_free(k->certs);
+  hsm_close(k->hsm);
+  hsm_server_stop(k->server);
+  pthread_mutex_destroy(&k->mu);
+  free(k);
+}

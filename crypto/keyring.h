@@ -1,0 +1,49 @@
+/*
+ * keyring - the running daemon's keys: the supervised token server (remote
+ * mode), the open token, the crypto worker pool and the loaded
+ * organisation certificates.
+ *
+ * Process layout (docs/HSM.md): with `hsm.module: remote`, keyring_start()
+ * forks the token server's keeper before any thread exists.  Started as
+ * root with `user:`, the token server runs as hsm.server_user (default
+ * sealgate-hsm), which alone owns hsm/tokens (0700) and softhsm2.conf; the
+ * gateway keeps only the PIN file and a connection to the server's socket.
+ *
+ * Called by core/daemon.c on the main thread: start before threads,
+ * open after privileges are dropped, reload on `keys reload` and config
+ * reloads, check for `cert check`, stop at exit.  Functions may block on
+ * the token (the main loop is not a shard loop; shards never call this).
+ */
+#ifndef SEALGATE_KEYRING_H
+#define SEALGATE_KEYRING_H
+
+#include <stddef.h>
+
+#include "core/buf.h"
+#include "core/config.h"
+
+struct keyring;
+
+/* Before any thread: for remote mode, start the token server (as its own
+ * user when root with `user:`).  *out is the caller's until keyring_stop. */
+int keyring_start(const struct config *cfg, struct keyring **out, char *err, size_t errlen);
+
+/* After privileges are dropped: open the token, load the certificates,
+ * check them against cfg (certstore_check_config), start the workers. */
+int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t errlen);
+
+/* Load the certificates again (after sealctl changed the token or the
+ * config changed) and check them against cfg; on failure the old set
+ * stays and err says why. */
+int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen);
+
+/* `cert check NAME COUNT`: COUNT signatures with NAME's current key on the
+ * crypto workers, each verified with the certificate; a one-line report
+ * in out. */
+int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out,
+                  char *err, size_t errlen);
+
+/* Stop workers, close the token, stop the token server.  NULL is a no-op. */
+void keyring_stop(struct keyring *k);
+
+#endif

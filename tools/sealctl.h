@@ -1,0 +1,44 @@
+/*
+ * sealctl - shared pieces of the admin command line (sealctl.c holds
+ * main, init, config, queue and reload; sealctl_cert.c the certificate
+ * and alert commands).  Exit codes: 0 success, 1 failed operation, 2 bad
+ * usage.
+ */
+#ifndef SEALGATE_SEALCTL_H
+#define SEALGATE_SEALCTL_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "core/buf.h"
+#include "core/config.h"
+
+#define CTL_TIMEOUT_MS 30000
+
+struct ctl {
+  const char *config;
+  bool json;
+  int argc;     /* command words and their options, globals removed */
+  char **argv;
+};
+
+/* Print "sealctl: " fmt(arg) " (try --help)"; returns 2. */
+int ctl_usage_error(const char *fmt, const char *arg);
+/* Load -c CONFIG; 0, or the exit code (message printed). */
+int ctl_load(const struct ctl *c, struct config **out);
+/* One control-socket request; SG_ENOTFOUND when no daemon runs (printed). */
+int ctl_request(const struct config *cfg, const char *cmd, struct buf *out);
+void ctl_json_str(FILE *f, const char *s);
+/* Write path atomically (tmp, fsync, rename) with mode. */
+int ctl_write_file(const char *path, const char *text, mode_t mode);
+
+int ctl_cert(const struct ctl *c);
+/* config check's token half: the token opens and fits the config. */
+int ctl_check_token(const struct config *cfg, char *err, size_t errlen);
+int ctl_alerts(const struct ctl *c);
+/* init's token and org certificate (sealctl_cert.c). */
+int ctl_init_token(const char *dir, const char *domain, const char *org, const char *hsm,
+                   const char *key_type);
+
+#endif
