@@ -150,21 +150,44 @@ static bool cert__email_ok(const char *addr, bool need_fqdn) {
   return cert__dns_ok(at + 1, false, need_fqdn);
 }
 
+/*
+ * "OPT: 'value' why".  The value is what was typed, at most 80 bytes of it,
+ * with controls and the bytes of invalid UTF-8 shown as '?': an error line
+ * must not carry terminal escapes or break a UTF-8 log.
+ */
+static int cert__bad_value(char *err, size_t errlen, const char *opt, const char *v,
+                           const char *why) {
+  char shown[84];
+  size_t n = 0;
+  for (; v && v[n] && n < 80; n++) {
+    unsigned char c = (unsigned char)v[n];
+    shown[n] = c < ' ' || c == 0x7F ? '?' : (char)c;
+  }
+  if (v && v[n]) { /* cut: drop the last, maybe partial, UTF-8 sequence */
+    while (n > 0 && ((unsigned char)shown[n - 1] & 0xC0) == 0x80) n--;
+    if (n > 0 && (unsigned char)shown[n - 1] >= 0xC0) n--;
+  }
+  shown[n] = '\0';
+  if (!cert__utf8_ok(shown))
+    for (size_t i = 0; i < n; i++) shown[i] = (unsigned char)shown[i] >= 0x80 ? '?' : shown[i];
+  return cert__fail(err, errlen, SG_EINVAL, "%s: '%s' %s", opt, shown, why);
+}
+
 /* One optional DN field: UTF-8, non-empty, within the X.520 upper bound. */
 static int cert__dn_field_check(const char *opt, const char *v, size_t max, char *err,
                                 size_t errlen) {
   if (!v) return 0;
-  if (!*v || strlen(v) > max || !cert__utf8_ok(v))
-    return cert__fail(err, errlen, SG_EINVAL, "%s: '%.80s' must be 1 to %zu bytes of UTF-8 text",
-                      opt, v, max);
-  return 0;
+  if (*v && strlen(v) <= max && cert__utf8_ok(v)) return 0;
+  char why[64];
+  snprintf(why, sizeof why, "must be 1 to %zu bytes of UTF-8 text", max);
+  return cert__bad_value(err, errlen, opt, v, why);
 }
 
 static int cert__cn_check(const struct cert_request *r, char *err, size_t errlen) {
   if (!r->cn || !*r->cn) return cert__fail(err, errlen, SG_EINVAL, "--cn: a common name is required");
   if (r->fqdn_validate && !cert_is_fqdn(r->cn, false))
-    return cert__fail(err, errlen, SG_EINVAL,
-                      "--cn: '%.80s' is not a fully qualified domain name (--fqdn-validate)", r->cn);
+    return cert__bad_value(err, errlen, "--cn", r->cn,
+                           "is not a fully qualified domain name (--fqdn-validate)");
   return cert__dn_field_check("--cn", r->cn, 64, err, errlen);
 }
 
@@ -173,7 +196,7 @@ static int cert__country_check(const char *cc, char *err, size_t errlen) {
   bool ok = strlen(cc) == 2;
   for (size_t i = 0; ok && i < 2; i++)
     ok = (cc[i] >= 'A' && cc[i] <= 'Z') || (cc[i] >= 'a' && cc[i] <= 'z');
-  if (!ok) return cert__fail(err, errlen, SG_EINVAL, "--country: '%.80s' is not two letters", cc);
+  if (!ok) return cert__bad_value(err, errlen, "--country", cc, "is not two letters");
   return 0;
 }
 
@@ -185,15 +208,14 @@ static int cert__sans_check(const struct cert_request *r, char *err, size_t errl
   for (size_t i = 0; i < r->n_san_domains; i++) {
     const char *d = r->san_domains[i];
     if (!d || !cert__dns_ok(d, true, r->fqdn_validate))
-      return cert__fail(err, errlen, SG_EINVAL, "--san-domains: '%.80s' is not a valid %s",
-                        d ? d : "", r->fqdn_validate ? "fully qualified domain name (--fqdn-validate)"
-                                                     : "domain name");
+      return cert__bad_value(err, errlen, "--san-domains", d,
+                             r->fqdn_validate ? "is not a fully qualified domain name (--fqdn-validate)"
+                                              : "is not a valid domain name");
   }
   for (size_t i = 0; i < r->n_san_emails; i++) {
     const char *e = r->san_emails[i];
     if (!e || !cert__email_ok(e, r->fqdn_validate))
-      return cert__fail(err, errlen, SG_EINVAL, "--san-emails: '%.80s' is not a valid e-mail address",
-                        e ? e : "");
+      return cert__bad_value(err, errlen, "--san-emails", e, "is not a valid e-mail address");
   }
   return 0;
 }
@@ -377,7 +399,8 @@ static int cert__req_add_exts(X509_REQ *req, X509 *cert) {
 int cert_create_csr(X509 *cert, EVP_PKEY *signer, X509_REQ **req_out, char *err, size_t errlen) {
   *req_out = NULL;
   EVP_PKEY *pub = X509_get0_pubkey(cert);
-  if (!pub) return cert__ossl_fail(err, errlen, SG_EINVAL, "the certificate's public key is unreadable");
+  if (!pub)
+    return cert__ossl_fail(err, errlen, SG_EINVAL, "the certificate's public key is unreadable");
   X509_REQ *req = X509_REQ_new();
   int rc = req ? 0 : SG_ENOMEM;
   if (!rc && (!X509_REQ_set_version(req, X509_REQ_VERSION_1) ||
@@ -497,8 +520,9 @@ static bool cert__curve(EVP_PKEY *pk, char *name, size_t cap) {
 
 static void cert__key_info(EVP_PKEY *pk, struct cert_info *ci) {
   if (!pk) return;
-  const char *type = EVP_PKEY_is_a(pk, "RSA") ? "RSA" : EVP_PKEY_is_a(pk, "EC") ? "EC"
-                                                                                 : EVP_PKEY_get0_type_name(pk);
+  const char *type = EVP_PKEY_get0_type_name(pk); /* "rsaEncryption" for some RSA keys */
+  if (EVP_PKEY_is_a(pk, "RSA")) type = "RSA";
+  if (EVP_PKEY_is_a(pk, "EC")) type = "EC";
   snprintf(ci->key_type, sizeof ci->key_type, "%s", type ? type : "?");
   ci->key_bits = (unsigned)EVP_PKEY_get_bits(pk);
   if (EVP_PKEY_is_a(pk, "EC")) cert__curve(pk, ci->curve, sizeof ci->curve);
@@ -615,7 +639,8 @@ static int cert__p12_decode(const unsigned char *buf, size_t len, const char *pa
     rc = cert__fail(err, errlen, SG_EPERM, "wrong password");
   } else if (!cert__p12_parse(p12, password ? password : "", p, &legacy)) {
     rc = cert__fail(err, errlen, SG_EINVAL, "%s",
-                    legacy ? "uses an algorithm OpenSSL cannot decrypt, even with its legacy provider"
+                    legacy ? "uses an algorithm OpenSSL cannot decrypt, even with its legacy "
+                             "provider"
                            : "wrong password or corrupt file");
   }
   PKCS12_free(p12);

@@ -107,9 +107,26 @@ static void keyring__alerts(const struct certstore *s) {
   }
 }
 
+/* The admin connection of a remote token does not survive a token server
+ * restart (only workers reconnect): rebuild token and workers.  Jobs still
+ * queued run first and fail as "token unreachable" (retryable). */
+static int keyring__reconnect(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
+  cryptopool_stop(k->pool);
+  k->pool = NULL;
+  hsm_close(k->hsm);
+  k->hsm = NULL;
+  struct hsm_params p;
+  certstore_hsm_params(cfg, hsm_server_address(k->server), &p);
+  int rc = hsm_open(&p, &k->hsm, err, errlen);
+  if (rc == 0) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
+  if (rc == 0) log_info("reconnected to the token server");
+  return rc;
+}
+
 int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
   struct certstore *s;
-  int rc = certstore_load(k->hsm, &s);
+  int rc = k->hsm ? certstore_load(k->hsm, &s) : SG_ETEMP;
+  if (rc && k->server && keyring__reconnect(k, cfg, err, errlen) == 0) rc = certstore_load(k->hsm, &s);
   if (rc) {
     snprintf(err, errlen, "cannot list the token: %s", sgerr_str(rc));
     return rc;
@@ -166,6 +183,10 @@ static void keyring__check_run(struct cryptopool_job *job, struct hsm_worker *w)
 
 int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out, char *err,
                   size_t errlen) {
+  if (!k->pool) {
+    snprintf(err, errlen, "token unreachable (the token server is being restarted); try again");
+    return SG_ETEMP;
+  }
   pthread_mutex_lock(&k->mu);
   const struct certstore_entry *e = certstore_find(k->certs, name);
   X509 *cert = e && e->keys[0].cert ? X509_dup(e->keys[0].cert) : NULL;

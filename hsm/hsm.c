@@ -46,7 +46,8 @@
 #define FN(h) ((CK_FUNCTION_LIST *)(h)->fn)
 
 /* DER OIDs of the two curves we create (CKA_EC_PARAMS). */
-static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+static const unsigned char oid_p256[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+                                         0xce, 0x3d, 0x03, 0x01, 0x07};
 static const unsigned char oid_p384[] = {0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22};
 
 /* ---- errors ----------------------------------------------------------- */
@@ -323,6 +324,11 @@ static int token_locate(struct hsm *h, const struct hsm_params *p, char *err, si
     }
     seterr(err, errlen, "cannot list slots of module %s: %s", h->module_path, ckr_name(rv));
     return ckr_to_sg(h, rv);
+  }
+  /* p11-kit-client shows no slots at all when it cannot reach the server. */
+  if (!found && h->mode == HSM_REMOTE && !hsm__server_accepts(h)) {
+    seterr(err, errlen, "token server at %s unreachable", h->server_address);
+    return SG_ETEMP;
   }
   if (!found) {
     seterr(err, errlen, "token %s not found in module %s", p->token, h->module_path);

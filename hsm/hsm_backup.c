@@ -254,10 +254,12 @@ static int backup__walk(const struct buf *pl, const char *stage, char *err, size
     if (stage) {
       char path[4096];
       snprintf(path, sizeof path, "%s/%s", stage, rel);
-      char *slash = strrchr(path, '/');
-      *slash = '\0';
-      mkdir(path, 0700); /* tokens/ and tokens/<token>/; errors show at open */
-      *slash = '/';
+      /* tokens/ and tokens/<token>/ as needed; errors show at open */
+      for (char *slash = strchr(path + strlen(stage) + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        mkdir(path, 0700);
+        *slash = '/';
+      }
       int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
       bool ok = fd >= 0 && write(fd, pl->data + off, (size_t)size) == size && fsync(fd) == 0;
       if (fd >= 0) close(fd);

@@ -42,4 +42,8 @@ struct hsm {
  * by hsm_close() before the admin side logs out and finalizes. */
 void hsm_worker__shared_free(struct hsm *h);
 
+/* hsm_worker.c: remote mode, true if the token server's socket (the
+ * "unix:path=" address) accepts a connection now. */
+bool hsm__server_accepts(const struct hsm *h);
+
 #endif

@@ -139,7 +139,10 @@ static bool label_is(const char *got, const char *want) {
 static int conn_find_slot(struct hsm *h, struct p11conn *c, char *err, size_t errlen) {
   if (PKCS11_enumerate_slots(c->ctx, &c->slots, &c->nslots) != 0) {
     c->slots = NULL;
-    seterr(err, errlen, "cannot list the slots of %s", h->module_path);
+    if (h->mode == HSM_REMOTE)
+      seterr(err, errlen, "token server at %s unreachable", h->server_address);
+    else
+      seterr(err, errlen, "cannot list the slots of %s", h->module_path);
     return h->mode == HSM_REMOTE ? SG_ETEMP : SG_EIO;
   }
   for (unsigned i = 0; i < c->nslots; i++) {
@@ -148,6 +151,11 @@ static int conn_find_slot(struct hsm *h, struct p11conn *c, char *err, size_t er
       c->slot = s;
       return 0;
     }
+  }
+  /* p11-kit-client shows no slots at all when it cannot reach the server. */
+  if (h->mode == HSM_REMOTE && !hsm__server_accepts(h)) {
+    seterr(err, errlen, "token server at %s unreachable", h->server_address);
+    return SG_ETEMP;
   }
   seterr(err, errlen, "token %s not found in module %s", h->token, h->module_path);
   return SG_ENOTFOUND;
@@ -238,7 +246,7 @@ static bool link_moved(const struct hsm_worker *w) {
 }
 
 /* True if the server socket accepts a connection now. */
-static bool server_accepts(const struct hsm *h) {
+bool hsm__server_accepts(const struct hsm *h) {
   const char *path = addr_path(h);
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   if (path == NULL) return true; /* not a unix path: cannot judge here */
@@ -343,7 +351,7 @@ int hsm_worker_pkey(struct hsm_worker *w, const struct hsm_keyref *ref, EVP_PKEY
 int hsm_worker_check(struct hsm_worker *w) {
   if (w->h->mode != HSM_REMOTE) return 0;
   if (!w->connected) return SG_ETEMP;
-  if (!link_moved(w) && server_accepts(w->h)) return 0;
+  if (!link_moved(w) && hsm__server_accepts(w->h)) return 0;
   /* Every handle of the old connection is dead: drop the context whole. */
   pthread_mutex_lock(&w->h->mu);
   conn_close(&w->own);

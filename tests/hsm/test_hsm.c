@@ -128,6 +128,8 @@ static int server_start(void) {
   if (pid < 0) return -1;
   if (pid == 0) {
     setpgid(0, 0);
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, STDOUT_FILENO); /* it prints shell variables */
     setenv("SOFTHSM2_CONF", conf, 1);
     execlp("p11-kit", "p11-kit", "server", "-f", "-n", sock, "-p", HSM_SOFTHSM2_MODULE,
            "pkcs11:token=" LABEL, (char *)NULL);
@@ -280,6 +282,7 @@ static unsigned char *self_signed(EVP_PKEY *k, int *len) {
 
 /* ---- tests that open nothing ------------------------------------------- */
 
+#ifndef HSM_TEST_REMOTE
 static void test_token_init_second_refused(void **state) {
   (void)state;
   struct hsm_params p = inproc_params();
@@ -287,6 +290,7 @@ static void test_token_init_second_refused(void **state) {
   assert_int_equal(hsm_token_init(&p, SO_PIN, USER_PIN, err, sizeof err), SG_EEXIST);
   assert_non_null(strstr(err, LABEL));
 }
+#endif
 
 static void test_open_wrong_pin(void **state) {
   (void)state;
@@ -756,11 +760,15 @@ static void test_remote_server_restart(void **state) {
 #define TH(f) cmocka_unit_test_setup_teardown(f, open_fixture, close_fixture)
 
 int main(void) {
+  /* p11-kit-client writes to the server socket without MSG_NOSIGNAL: after
+   * the server dies the next call would kill us with SIGPIPE.  The daemon
+   * ignores SIGPIPE for the same reason. */
+  signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
 #ifndef HSM_TEST_REMOTE
       T(test_token_init_second_refused),
-      T(test_open_missing_module),
 #endif
+      T(test_open_missing_module),
       T(test_open_wrong_pin),
       T(test_open_missing_token),
       T(test_pin_file_mode_refused),

@@ -22,8 +22,8 @@ SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
 
 
 def run(*args, input=None, env=None, check=True):
-    r = subprocess.run(list(args), capture_output=True, text=input is None or isinstance(input, str),
-                       input=input, env=env, timeout=120)
+    r = subprocess.run(list(args), capture_output=True, input=input, env=env, timeout=120)
+    r.stdout, r.stderr = (x.decode(errors="replace") for x in (r.stdout, r.stderr))
     if check and r.returncode != 0:
         raise AssertionError("%s failed (%d): %s %s" % (args, r.returncode, r.stdout, r.stderr))
     return r
@@ -60,7 +60,7 @@ def x509_text(pem, tmp):
 
 
 def password_file(tmp, pw="correct horse battery"):
-    path = os.path.join(tmp, "pw")
+    path = os.path.join(tmp, "pw-%d" % abs(hash(pw)))
     with open(path, "w") as f:
         f.write(pw + "\n")
     os.chmod(path, 0o600)
@@ -80,16 +80,21 @@ def make_p12(tmp, name, days=365, ku="digitalSignature,nonRepudiation,keyEnciphe
     else:
         run("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:" + key.split(":")[1],
             "-out", key_path)
-    args = ["openssl", "req", "-new", "-x509", "-key", key_path, "-out", crt, "-subj", "/CN=%s.example.org" % name,
-            "-extfile" if False else "-addext", "subjectAltName=email:%s@example.org" % name]
-    # openssl req cannot set a validity in the past: use `x509 -days` from a CSR instead.
     csr = os.path.join(tmp, name + ".csr")
     run("openssl", "req", "-new", "-key", key_path, "-out", csr, "-subj", "/CN=%s.example.org" % name)
-    days_args = ["-days", str(days)]
-    if not_before:
-        days_args = ["-not_before", not_before]
-    del args
-    run("openssl", "x509", "-req", "-in", csr, "-signkey", key_path, "-out", crt, "-extfile", ext, *days_args)
+    if not_before:  # a validity in the past needs `openssl ca` (x509 -req cannot set the start)
+        cnf = os.path.join(tmp, name + ".ca.cnf")
+        with open(cnf, "w") as f:
+            f.write("[ca]\ndefault_ca = d\n[d]\ndatabase = %s/%s.idx\nnew_certs_dir = %s\nserial = %s/%s.srl\n"
+                    "default_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n" % (tmp, name, tmp, tmp, name))
+        open(os.path.join(tmp, name + ".idx"), "w").close()
+        with open(os.path.join(tmp, name + ".srl"), "w") as f:
+            f.write("01\n")
+        run("openssl", "ca", "-batch", "-config", cnf, "-selfsign", "-keyfile", key_path, "-in", csr, "-out", crt,
+            "-startdate", not_before, "-enddate", "20200201000000Z", "-extfile", ext, "-notext")
+    else:
+        run("openssl", "x509", "-req", "-in", csr, "-signkey", key_path, "-out", crt, "-extfile", ext,
+            "-days", str(days))
     run("openssl", "pkcs12", "-export", "-inkey", key_path, "-in", crt, "-out", p12, "-passout", "pass:" + pw,
         *(["-legacy"] if legacy else []))
     return p12, crt, key_path

@@ -12,6 +12,7 @@ Run: SEALGATE_BIN=build/bin python3 tests/integration/test_privileges.py
 
 import os
 import pwd
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -72,12 +73,86 @@ def test_unknown_user_refused():
             gw.close()
 
 
+def ensure_user(name):
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                       check=True)
+        return pwd.getpwnam(name)
+
+
+def can_read_as(uid, gid, path):
+    """Whether a process with uid/gid can open path for reading."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with open(path, "rb"):
+                os._exit(0)
+        except OSError:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def server_pids(gw):
+    """pids of the token server (p11-kit server with our socket folder)."""
+    run_dir = os.path.join(gw.dir, "hsm", "run")
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % p, "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if run_dir in cmd and "-f" in cmd.split():
+                out.append(int(p))
+    return out
+
+
+def test_token_server_has_its_own_user():
+    """Root with `user:`: the token server runs as sealgate-hsm, which alone
+    can read the token files; the gateway (nobody) still signs through it."""
+    nobody, hsm = pwd.getpwnam("nobody"), ensure_user("sealgate-hsm")
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            gw.edit_config("hostname:", "user: nobody\nhostname:")
+            gw.start()
+            pids = server_pids(gw)
+            assert pids, gw.log()[-2000:]
+            for pid in pids:
+                assert status_ids(pid)[0][0] == hsm.pw_uid, (pid, status_ids(pid))
+            tokens = os.path.join(gw.dir, "hsm", "tokens")
+            st = os.stat(tokens)
+            assert st.st_uid == hsm.pw_uid and st.st_mode & 0o077 == 0, (st.st_uid, oct(st.st_mode))
+            files = [os.path.join(r, f) for r, _, fs in os.walk(tokens) for f in fs if f.endswith(".object")]
+            assert files
+            for f in files:
+                assert not can_read_as(nobody.pw_uid, nobody.pw_gid, f), f
+                assert can_read_as(hsm.pw_uid, hsm.pw_gid, f), f
+            r = gw.sealctl("cert", "check", "org", "--count", "20")
+            assert r.returncode == 0 and "20 verified" in r.stdout, (r.stdout, r.stderr, gw.log()[-2000:])
+            assert gw.stop() == 0, gw.log()[-2000:]
+            assert sgtest.wait_for(lambda: not server_pids(gw), 10), server_pids(gw)
+        finally:
+            gw.stop(10)
+            log = gw.log()
+            gw.close()
+            sgtest.assert_no_sanitizer_report(log, tail=4000)
+
+
 def main():
     if os.geteuid() != 0:
         print("FAIL: must run as root (dropping privileges needs root)")
         return 1
+    ensure_user("sealgate-hsm")  # the token server's user (docs/HSM.md)
     failed = []
-    for fn in (test_drop_to_nobody, test_unknown_user_refused):
+    for fn in (test_drop_to_nobody, test_unknown_user_refused, test_token_server_has_its_own_user):
         try:
             fn()
             print("PASS %s" % fn.__name__, flush=True)
