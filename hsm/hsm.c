@@ -135,19 +135,22 @@ static ssize_t read_all(int fd, char *buf, size_t cap) {
   return (ssize_t)n;
 }
 
+/* PIN files must be private; password files (backups, PKCS#12) are the admin's. */
+#define SECRET_KIND(priv) ((priv) ? "PIN file" : "password file")
+
 static int secret_check_fd(int fd, const char *path, bool must_be_private, char *err,
                            size_t errlen) {
   struct stat st;
   if (fstat(fd, &st) != 0) {
-    seterr(err, errlen, "cannot stat PIN file %s: %s", path, strerror(errno));
+    seterr(err, errlen, "cannot stat %s %s: %s", SECRET_KIND(must_be_private), path, strerror(errno));
     return SG_EIO;
   }
   if (!S_ISREG(st.st_mode)) {
-    seterr(err, errlen, "PIN file %s is not a regular file", path);
+    seterr(err, errlen, "%s %s is not a regular file", SECRET_KIND(must_be_private), path);
     return SG_EPERM;
   }
   if (must_be_private && (st.st_mode & 077) != 0) {
-    seterr(err, errlen, "PIN file %s is readable by group or others (mode %04o): chmod 600 it",
+    seterr(err, errlen, "%s %s is readable by group or others (mode %04o): chmod 600 it", SECRET_KIND(must_be_private),
            path, (unsigned)(st.st_mode & 07777));
     return SG_EPERM;
   }
@@ -161,14 +164,14 @@ int hsm_read_secret_file(const char *path, bool must_be_private, char *buf, size
   buf[0] = '\0';
   int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) {
-    seterr(err, errlen, "cannot open PIN file %s: %s", path, strerror(errno));
+    seterr(err, errlen, "cannot open %s %s: %s", SECRET_KIND(must_be_private), path, strerror(errno));
     return errno == ENOENT ? SG_ENOTFOUND : errno == ELOOP ? SG_EPERM : SG_EIO;
   }
   int rc = secret_check_fd(fd, path, must_be_private, err, errlen);
   ssize_t n = rc == 0 ? read_all(fd, tmp, sizeof tmp) : 0;
   close(fd);
   if (rc == 0 && n < 0) {
-    seterr(err, errlen, "cannot read PIN file %s: %s", path, strerror(errno));
+    seterr(err, errlen, "cannot read %s %s: %s", SECRET_KIND(must_be_private), path, strerror(errno));
     rc = SG_EIO;
   }
   if (rc == 0) {
@@ -176,10 +179,10 @@ int hsm_read_secret_file(const char *path, bool must_be_private, char *buf, size
     while (len < (size_t)n && tmp[len] != '\n') len++;
     while (len > 0 && tmp[len - 1] == '\r') len--;
     if (len == 0) {
-      seterr(err, errlen, "PIN file %s is empty", path);
+      seterr(err, errlen, "%s %s is empty", SECRET_KIND(must_be_private), path);
       rc = SG_EINVAL;
     } else if (len >= cap) {
-      seterr(err, errlen, "PIN file %s: first line longer than %zu bytes", path, cap - 1);
+      seterr(err, errlen, "%s %s: first line longer than %zu bytes", SECRET_KIND(must_be_private), path, cap - 1);
       rc = SG_ETOOBIG;
     } else {
       memcpy(buf, tmp, len);

@@ -75,6 +75,7 @@ struct hsm_worker {
   struct keyset borrowed; /* in-process: pointers owned by h->shared */
   char link[PATH_MAX];    /* remote: symlink target when we connected */
   bool have_link;
+  bool warned;            /* remote: the outage was logged (once per outage) */
   unsigned gen;
 };
 
@@ -338,9 +339,11 @@ int hsm_worker_pkey(struct hsm_worker *w, const struct hsm_keyref *ref, EVP_PKEY
     char err[256];
     int rc = remote_connect(w, err, sizeof err);
     if (rc != 0) {
-      log_warn("hsm: worker cannot reconnect: %s", err);
+      if (!w->warned) log_warn("hsm: worker cannot reconnect: %s", err);
+      w->warned = true;
       return SG_ETEMP;
     }
+    w->warned = false;
   }
   pthread_mutex_lock(&w->h->mu);
   int rc = conn_key(&w->own, ref, pkey_out);

@@ -492,7 +492,7 @@ static int ctl_cert_check(const struct ctl *c) {
   if (rc) return rc;
   char *end;
   unsigned long cnt = strtoul(count, &end, 10);
-  if (n != 1 || *end || cnt < 1 || cnt > 1000000) return ctl_usage_error("cert check NAME [--count 1..1000000]%s", "");
+  if (n != 1 || *end || cnt < 1 || cnt > 100000) return ctl_usage_error("cert check NAME [--count 1..100000]%s", "");
   struct config *cfg;
   if ((rc = ctl_load(c, &cfg)) != 0) return rc;
   char cmd[256], path[4200];
@@ -500,8 +500,10 @@ static int ctl_cert_check(const struct ctl *c) {
   snprintf(path, sizeof path, "%s/control.sock", cfg->dir);
   struct buf out = BUF_INIT;
   rc = control_request(path, cmd, 600000, &out);
-  if (rc == 0 || rc == SG_EINVAL) {
-    printf("%s%.*s", rc ? "error: " : "", (int)out.len, out.data ? out.data : "");
+  if (rc == 0) {
+    printf("%.*s", (int)out.len, out.data ? out.data : "");
+  } else if (rc == SG_EINVAL) { /* the daemon's reason */
+    fprintf(stderr, "sealctl: cert check %s: %.*s\n", pos[0], (int)out.len, out.data ? out.data : "");
   } else if (rc == SG_ENOTFOUND) { /* no daemon: the same test in this process */
     struct ctl_tok t;
     config_unref(cfg);
