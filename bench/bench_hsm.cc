@@ -239,25 +239,31 @@ void BM_api(benchmark::State &st, bool remote, Kind k) {
 }
 
 // Collects signatures/s (or the error) per benchmark and thread count.
+// With --benchmark_repetitions the median is used, else the one run.
 class RateReporter : public benchmark::ConsoleReporter {
  public:
-  std::map<std::pair<std::string, int>, double> rate;
+  std::map<std::pair<std::string, int>, double> rate, median;
   std::map<std::pair<std::string, int>, std::string> error;
+  // A custom reporter does not see --benchmark_color: colour only a terminal.
+  RateReporter() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
   void ReportRuns(const std::vector<Run> &runs) override {
     for (const auto &r : runs) {
-      if (r.run_type != Run::RT_Iteration) continue;
       auto key = std::make_pair(r.run_name.function_name, static_cast<int>(r.threads));
       if (r.error_occurred) {
         error[key] = r.error_message;
         continue;
       }
+      bool is_median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
+      if (r.run_type != Run::RT_Iteration && !is_median) continue;
       auto it = r.counters.find("items_per_second");
-      if (it != r.counters.end()) rate[key] = it->second.value;
+      if (it != r.counters.end()) (is_median ? median : rate)[key] = it->second.value;
     }
     ConsoleReporter::ReportRuns(runs);
   }
   // Rate of name at t threads; negative if it did not run or failed.
   double get(const std::string &name, int t) const {
+    auto m = median.find({name, t});
+    if (m != median.end()) return m->second;
     auto it = rate.find({name, t});
     return it == rate.end() ? -1 : it->second;
   }

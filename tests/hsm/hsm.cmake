@@ -9,3 +9,8 @@ target_link_libraries(test_hsm PRIVATE PkgConfig::P11KIT_TEST Threads::Threads)
 sg_unit_test(test_hsm_remote ${CMAKE_CURRENT_SOURCE_DIR}/test_hsm.c sg_hsm)
 target_compile_definitions(test_hsm_remote PRIVATE HSM_TEST_REMOTE=1)
 target_link_libraries(test_hsm_remote PRIVATE PkgConfig::P11KIT_TEST Threads::Threads)
+# test_hsm_module: the in-process tests with the module named by path
+# (hsm.module: /path/module.so, the real-HSM mode).
+sg_unit_test(test_hsm_module ${CMAKE_CURRENT_SOURCE_DIR}/test_hsm.c sg_hsm)
+target_compile_definitions(test_hsm_module PRIVATE HSM_TEST_MODULE=1)
+target_link_libraries(test_hsm_module PRIVATE PkgConfig::P11KIT_TEST Threads::Threads)

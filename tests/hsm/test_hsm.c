@@ -72,6 +72,12 @@ static struct hsm_params params(void) {
   struct hsm_params p = {.mode = HSM_REMOTE, .token = LABEL, .pin_file = pin_file,
                          .server_address = address};
   return p;
+#elif defined(HSM_TEST_MODULE)
+  /* A module named by path (a real HSM's way): SoftHSM2 again, with the
+   * SOFTHSM2_CONF the setup exported. */
+  struct hsm_params p = {.mode = HSM_MODULE, .module = HSM_SOFTHSM2_MODULE, .token = LABEL,
+                         .pin_file = pin_file};
+  return p;
 #else
   return inproc_params();
 #endif
