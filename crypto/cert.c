@@ -725,8 +725,8 @@ int cert_p12_load(const char *path, const char *password, time_t now, struct cer
                   char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   if (err && errlen) err[0] = '\0';
-  unsigned char *buf;
-  size_t len;
+  unsigned char *buf = NULL;
+  size_t len = 0;
   struct cert_p12 p = {0};
   int rc = cert__read_file(path, &buf, &len, err, errlen);
   if (!rc) {

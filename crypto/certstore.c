@@ -105,9 +105,9 @@ int certstore_load(struct hsm *h, struct certstore **out) {
     certstore_free(s);
     return rc;
   }
-  for (size_t i = 0; i < s->n; i++)
+  for (size_t i = 0; i < s->n; i++) /* every entry has at least one key */
     qsort(s->entries[i].keys, s->entries[i].n_keys, sizeof *s->entries[i].keys, certstore__cmp_key);
-  qsort(s->entries, s->n, sizeof *s->entries, certstore__cmp_entry);
+  if (s->n > 1) qsort(s->entries, s->n, sizeof *s->entries, certstore__cmp_entry); /* NULL when empty */
   *out = s;
   return 0;
 }

@@ -226,8 +226,12 @@ static int hsm__make_run_dir(const struct hsm_server *s, char *err, size_t errle
 
 /* ---- keeper: one generation of the token server ------------------------ */
 
+/* run_dir's length was checked at start against the worst case, so the
+ * path always fits; the check of the result keeps -Wformat-truncation
+ * (and any later change) honest. */
 static void hsm__sock_path(char *out, size_t cap, const char *run_dir, unsigned gen, pid_t pid) {
-  snprintf(out, cap, "%s/p11-%u-%d.sock", run_dir, gen, (int)pid);
+  int n = snprintf(out, cap, "%s/p11-%u-%d.sock", run_dir, gen, (int)pid);
+  if (n < 0 || (size_t)n >= cap) out[0] = '\0';
 }
 
 /* Dispositions that survive fork and exec: the keeper ignores what a

@@ -209,7 +209,7 @@ static int ctl_cert_create(const struct ctl *c) {
   if (n != 1) return ctl_usage_error("cert create needs a NAME%s", "");
   if (!r.cn) return ctl_usage_error("cert create needs --cn FQDN%s", "");
   enum hsm_key_type type;
-  unsigned bits;
+  unsigned bits = 0;
   if ((rc = ctl_key_spec(ktype, ksize, &type, &bits)) != 0) return rc;
   if (days) {
     char *end;

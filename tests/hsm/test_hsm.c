@@ -117,7 +117,8 @@ static int make_token_dir(void) {
 #ifdef HSM_TEST_REMOTE
 static bool can_connect(const char *path) {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
-  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+  if (strlen(path) >= sizeof sa.sun_path) return false;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
   if (fd >= 0) close(fd);
