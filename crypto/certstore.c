@@ -80,11 +80,15 @@ static int certstore__add(struct certstore *s, const struct hsm_object *o) {
   return 0;
 }
 
-/* Current first: latest notBefore; pairs without a certificate last. */
+/* Current first: latest notBefore, then the younger key pair (our ids
+ * begin with their creation time); pairs without a certificate last. */
 static int certstore__cmp_key(const void *a, const void *b) {
   const struct certstore_key *x = a, *y = b;
   if (!x->cert || !y->cert) return (x->cert == NULL) - (y->cert == NULL);
-  return -ASN1_TIME_compare(X509_get0_notBefore(x->cert), X509_get0_notBefore(y->cert));
+  int c = ASN1_TIME_compare(X509_get0_notBefore(x->cert), X509_get0_notBefore(y->cert));
+  if (c) return -c;
+  size_t n = x->ref.id_len < y->ref.id_len ? x->ref.id_len : y->ref.id_len;
+  return -memcmp(x->ref.id, y->ref.id, n);
 }
 
 static int certstore__cmp_entry(const void *a, const void *b) {

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -728,7 +729,14 @@ static int new_ref(const char *label, struct hsm_keyref *ref, char *err, size_t 
   }
   memset(ref, 0, sizeof *ref);
   snprintf(ref->label, sizeof ref->label, "%s", label);
-  if (RAND_bytes(ref->id, 16) != 1) {
+  /* 8 bytes of creation time (microseconds, big-endian), then 8 random:
+   * ids of one name sort by age, which tells a renewal from the key it
+   * replaces even when both certificates start in the same second. */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  uint64_t us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+  for (int i = 0; i < 8; i++) ref->id[i] = (unsigned char)(us >> (56 - 8 * i));
+  if (RAND_bytes(ref->id + 8, 8) != 1) {
     seterr(err, errlen, "no randomness for a key id");
     return SG_EIO;
   }

@@ -67,7 +67,9 @@ struct hsm_params {
 #define HSM_SOFTHSM2_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define HSM_P11KIT_CLIENT_MODULE "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 
-#define HSM_ID_MAX 32     /* CKA_ID bytes we create: 16 random bytes */
+#define HSM_ID_MAX 32     /* CKA_ID bytes we create: 16 (8 of creation time in
+                             microseconds, big-endian, then 8 random), so ids
+                             of one name sort by age */
 #define HSM_LABEL_MAX 128 /* CKA_LABEL, certificate names */
 
 enum hsm_key_type { HSM_KEY_RSA = 1, HSM_KEY_EC = 2 };
@@ -120,7 +122,7 @@ void hsm_objects_free(struct hsm_object *objs, size_t n);
 /* Generate a key pair in the token: RSA (bits 2048, 3072, 4096) or EC
  * (bits 256 = P-256, 384 = P-384).  Private key: CKA_TOKEN, CKA_PRIVATE,
  * CKA_SENSITIVE, !CKA_EXTRACTABLE, CKA_SIGN, and CKA_DECRYPT|CKA_UNWRAP (RSA)
- * or CKA_DERIVE (EC).  A fresh random CKA_ID; label = label.  On success
+ * or CKA_DERIVE (EC).  A fresh CKA_ID (see HSM_ID_MAX); label = label.  On success
  * *ref_out names the pair. */
 int hsm_keygen(struct hsm *h, const char *label, enum hsm_key_type type, unsigned bits,
                struct hsm_keyref *ref_out, char *err, size_t errlen);
