@@ -208,8 +208,8 @@ static int daemon__cert_check(struct daemon_main *m, const char *args, struct bu
                               size_t errlen) {
   char name[129];
   unsigned long count;
-  if (sscanf(args, "%128s %lu", name, &count) != 2 || count < 1 || count > 100000) {
-    snprintf(err, errlen, "usage: cert check NAME COUNT (1..100000)");
+  if (sscanf(args, "%128s %lu", name, &count) != 2 || count < 1 || count > 20000) {
+    snprintf(err, errlen, "usage: cert check NAME COUNT (1..20000)");
     return SG_EINVAL;
   }
   return keyring_check(m->keys_ring, name, count, payload, err, errlen);

@@ -8,7 +8,7 @@
 #include "crypto/keyring.h"
 
 #include <errno.h>
-#include <ftw.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -23,6 +23,7 @@
 #include "crypto/certstore.h"
 #include "crypto/cryptopool.h"
 #include "hsm/hsm.h"
+#include "hsm/hsm_backup.h"
 #include "hsm/hsm_server.h"
 
 #define KEYRING_SERVER_START_MS 15000
@@ -36,16 +37,37 @@ struct keyring {
   struct certstore *certs;
 };
 
-static uid_t keyring_uid; /* nftw passes no argument: set just before the walk */
-static gid_t keyring_gid;
-
-static int keyring__chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st, (void)flag, (void)ftw;
-  return lchown(path, keyring_uid, keyring_gid);
+/* Give the token files (hsm/tokens, softhsm2.conf) to uid:gid and let the
+ * other users traverse DIR and DIR/hsm.  Runs as root on folders a less
+ * trusted user may own: nothing here follows a symlink, and hsm/ itself
+ * must be root's (else that user could have put a folder of its own there). */
+static int keyring__give_token(const struct config *cfg, const char *hsm_dir, uid_t uid, gid_t gid,
+                               const char *who, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(hsm_dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0) {
+    snprintf(err, errlen, "%s must be a folder owned by root when sealgate starts as root", hsm_dir);
+    return SG_EPERM;
+  }
+  int rc = hsm_token_chown(hsm_dir, uid, gid, false, err, errlen);
+  if (rc) return rc;
+  int hfd = open(hsm_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  int tfd = hfd >= 0 ? openat(hfd, "tokens", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+  int dfd = open(cfg->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  const char *conf = strrchr(cfg->hsm.softhsm_conf, '/') + 1;
+  bool ok = hfd >= 0 && tfd >= 0 && dfd >= 0 && fchmod(tfd, 0700) == 0 && fchmod(hfd, 0711) == 0 &&
+            fchmod(dfd, 0711) == 0 && fstatat(hfd, conf, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISREG(st.st_mode) && fchownat(hfd, conf, uid, gid, AT_SYMLINK_NOFOLLOW) == 0;
+  if (!ok) snprintf(err, errlen, "cannot give %s/tokens and %s to %s: %s", hsm_dir, cfg->hsm.softhsm_conf, who,
+                    strerror(errno));
+  int fds[] = {hfd, tfd, dfd};
+  for (int i = 0; i < 3; i++)
+    if (fds[i] >= 0) close(fds[i]);
+  return ok ? 0 : SG_EIO;
 }
 
-/* Root with `user:`: the token server's user owns the token, the gateway's
- * user may only traverse to its PIN and the server's socket. */
+/* Root with `user:`.  Remote: the token server's user owns the token and
+ * the gateway's user may only traverse to its PIN and the server's socket.
+ * In-process: the gateway itself opens the token, so it owns the files. */
 static int keyring__layout(const struct config *cfg, const char *hsm_dir, struct hsm_server_params *p,
                            char *err, size_t errlen) {
   if (geteuid() != 0 || !cfg->user) return 0;
@@ -54,6 +76,9 @@ static int keyring__layout(const struct config *cfg, const char *hsm_dir, struct
     snprintf(err, errlen, "user '%s' does not exist", cfg->user);
     return SG_ENOTFOUND;
   }
+  if (strcmp(cfg->hsm.module, "inprocess") == 0)
+    return keyring__give_token(cfg, hsm_dir, gw->pw_uid, gw->pw_gid, cfg->user, err, errlen);
+  if (strcmp(cfg->hsm.module, "remote") != 0) return 0; /* a real HSM: only the PIN is ours */
   p->server_user = cfg->hsm.server_user ? cfg->hsm.server_user : "sealgate-hsm";
   p->client_uid = gw->pw_uid;
   p->client_gid = gw->pw_gid;
@@ -63,18 +88,7 @@ static int keyring__layout(const struct config *cfg, const char *hsm_dir, struct
              "(useradd --system --no-create-home --shell /usr/sbin/nologin %s)", p->server_user, p->server_user);
     return SG_ENOTFOUND;
   }
-  char tokens[4200];
-  snprintf(tokens, sizeof tokens, "%s/tokens", hsm_dir);
-  keyring_uid = su->pw_uid;
-  keyring_gid = su->pw_gid;
-  if (nftw(tokens, keyring__chown_one, 16, FTW_PHYS) != 0 || chmod(tokens, 0700) != 0 ||
-      chown(cfg->hsm.softhsm_conf, su->pw_uid, su->pw_gid) != 0 || chmod(hsm_dir, 0711) != 0 ||
-      chmod(cfg->dir, 0711) != 0) {
-    snprintf(err, errlen, "cannot give %s to the token server's user %s: %s", tokens, p->server_user,
-             strerror(errno));
-    return SG_EIO;
-  }
-  return 0;
+  return keyring__give_token(cfg, hsm_dir, su->pw_uid, su->pw_gid, p->server_user, err, errlen);
 }
 
 int keyring_start(const struct config *cfg, struct keyring **out, char *err, size_t errlen) {
@@ -82,13 +96,13 @@ int keyring_start(const struct config *cfg, struct keyring **out, char *err, siz
   if (!k) return SG_ENOMEM;
   pthread_mutex_init(&k->mu, NULL);
   *out = k;
-  if (strcmp(cfg->hsm.module, "remote") != 0) return 0;
   char hsm_dir[4096], run_dir[4200];
   certstore_hsm_dir(cfg, hsm_dir, sizeof hsm_dir);
   snprintf(run_dir, sizeof run_dir, "%s/run", hsm_dir);
   struct hsm_server_params p = {.run_dir = run_dir, .softhsm_conf = cfg->hsm.softhsm_conf, .token = cfg->hsm.token};
   int rc = keyring__layout(cfg, hsm_dir, &p, err, errlen);
-  if (rc == 0) rc = hsm_server_start(&p, KEYRING_SERVER_START_MS, &k->server, err, errlen);
+  if (rc || strcmp(cfg->hsm.module, "remote") != 0) return rc;
+  rc = hsm_server_start(&p, KEYRING_SERVER_START_MS, &k->server, err, errlen);
   if (rc == 0)
     log_info("token server started (p11-kit server for token %s%s%s)", cfg->hsm.token,
              p.server_user ? ", as user " : "", p.server_user ? p.server_user : "");
@@ -152,7 +166,8 @@ int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t 
   certstore_hsm_params(cfg, k->server ? hsm_server_address(k->server) : NULL, &p);
   int rc = hsm_open(&p, &k->hsm, err, errlen);
   if (rc == 0) rc = keyring_reload(k, cfg, err, errlen);
-  if (rc == 0) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
+  /* keyring_reload may have reconnected, and started the workers then. */
+  if (rc == 0 && !k->pool) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
   if (rc == 0) log_info("crypto workers: %u", cryptopool_size(k->pool));
   return rc;
 }

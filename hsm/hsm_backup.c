@@ -10,6 +10,7 @@
 #include "hsm/hsm_backup.h"
 
 #include <dirent.h>
+#include <ftw.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -37,7 +38,7 @@ static const char *const backup_pin_files[] = {"pin", "so-pin"};
 int hsm_admin_lock(const char *hsm_dir) {
   char path[4096];
   snprintf(path, sizeof path, "%s/admin.lock", hsm_dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return sgerr_from_errno(errno);
   if (flock(fd, LOCK_EX) != 0) {
     int rc = sgerr_from_errno(errno);
@@ -64,15 +65,20 @@ static int backup__add_file(struct buf *ar, const char *hsm_dir, const char *rel
   int lfd = -1;
   if (dot && strcmp(dot, ".object") == 0) {
     strcpy(dot, ".lock");
-    lfd = open(lockpath, O_RDONLY | O_CLOEXEC);
+    lfd = open(lockpath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
     if (lfd >= 0) fcntl(lfd, F_SETLKW, &fl);
   }
-  int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  /* O_NONBLOCK: a FIFO planted in the token folder must not hang us. */
+  int rc = 0, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > BACKUP_MAX_FILE) {
     snprintf(err, errlen, "cannot back up %s: %s", path, fd < 0 ? strerror(errno) : "not a regular file of sane size");
     rc = SG_EIO;
+  }
+  if (rc == 0 && ar->len + (size_t)st.st_size > BACKUP_MAX_TOTAL) {
+    snprintf(err, errlen, "the token is larger than a backup may be (%u MiB)", BACKUP_MAX_TOTAL >> 20);
+    rc = SG_ETOOBIG;
   }
   if (rc == 0) rc = buf_appendf(ar, "F %s %lld\n", rel, (long long)st.st_size);
   if (rc == 0) rc = buf_reserve(ar, (size_t)st.st_size);
@@ -100,11 +106,18 @@ static int backup__add_tokens(struct buf *ar, const char *hsm_dir, char *err, si
   while (rc == 0 && (t = readdir(top)) != NULL) {
     if (t->d_name[0] == '.') continue;
     snprintf(path, sizeof path, "%s/tokens/%s", hsm_dir, t->d_name);
+    struct stat st;
+    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode)) continue; /* never follow a symlink */
     DIR *sub = opendir(path);
     if (!sub) continue;
     struct dirent *f;
     while (rc == 0 && (f = readdir(sub)) != NULL) {
       if (f->d_name[0] == '.' || f->d_type == DT_DIR) continue;
+      if (strpbrk(t->d_name, " \t\n\\") || strpbrk(f->d_name, " \t\n\\")) {
+        snprintf(err, errlen, "unexpected file name in the token folder: %s/%s", t->d_name, f->d_name);
+        rc = SG_EINVAL;
+        break;
+      }
       char rel[1024];
       snprintf(rel, sizeof rel, "tokens/%s/%s", t->d_name, f->d_name);
       rc = backup__add_file(ar, hsm_dir, rel, err, errlen);
@@ -129,6 +142,9 @@ static void backup__sha256_hex(const void *p, size_t n, char hex[65]) {
 static int backup__archive(const char *hsm_dir, struct buf *ar, char *err, size_t errlen) {
   int rc = buf_append(ar, BACKUP_MAGIC, strlen(BACKUP_MAGIC));
   if (rc == 0) rc = backup__add_tokens(ar, hsm_dir, err, errlen);
+  /* Room for the PIN records and the END line now: a realloc after the
+   * PINs are in would free a copy of them unwiped. */
+  if (rc == 0) rc = buf_reserve(ar, 2 * (4096 + 64) + 128);
   for (size_t i = 0; rc == 0 && i < 2; i++) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", hsm_dir, backup_pin_files[i]);
@@ -147,13 +163,16 @@ static int backup__seal(const struct buf *ar, const char *out_path, const char *
                         size_t errlen) {
   BIO *in = BIO_new_mem_buf(ar->data, (int)ar->len);
   CMS_ContentInfo *cms = in ? CMS_encrypt(NULL, in, EVP_aes_256_cbc(), CMS_BINARY | CMS_PARTIAL) : NULL;
-  bool ok = cms && CMS_add0_recipient_password(cms, BACKUP_PBKDF2_ITER, NID_undef, NID_hmacWithSHA256,
-                                               (unsigned char *)OPENSSL_strdup(password),
-                                               (ossl_ssize_t)strlen(password), EVP_aes_256_cbc()) &&
-            CMS_final(cms, in, NULL, CMS_BINARY);
+  /* The CMS structure owns (and clears) the copy once it is added. */
+  unsigned char *pw = (unsigned char *)OPENSSL_strdup(password);
+  bool added = cms && pw && CMS_add0_recipient_password(cms, BACKUP_PBKDF2_ITER, NID_undef, NID_hmacWithSHA256,
+                                                        pw, (ossl_ssize_t)strlen(password), EVP_aes_256_cbc());
+  if (!added && pw) OPENSSL_clear_free(pw, strlen(password));
+  bool ok = added && CMS_final(cms, in, NULL, CMS_BINARY);
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp", out_path);
-  int fd = ok ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+  if (ok) unlink(tmp); /* a planted file or symlink is removed, never followed */
+  int fd = ok ? open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600) : -1;
   BIO *out = fd >= 0 ? BIO_new_fd(fd, BIO_CLOSE) : NULL;
   ok = ok && out && PEM_write_bio_CMS(out, cms) && BIO_flush(out) > 0 && fsync(fd) == 0;
   BIO_free(out);
@@ -233,6 +252,7 @@ static bool backup__path_ok(const char *rel) {
 /* Check magic, records and digest; with stage != NULL write the files. */
 static int backup__walk(const struct buf *pl, const char *stage, char *err, size_t errlen) {
   size_t mlen = strlen(BACKUP_MAGIC), off = mlen;
+  bool token = false, pin = false;
   if (pl->len < mlen || memcmp(pl->data, BACKUP_MAGIC, mlen) != 0) goto bad;
   for (;;) {
     const char *line = pl->data + off, *nl = memchr(line, '\n', pl->len - off);
@@ -245,12 +265,17 @@ static int backup__walk(const struct buf *pl, const char *stage, char *err, size
       char hex[65];
       backup__sha256_hex(pl->data, off, hex);
       if (strcmp(hdr + 4, hex) != 0 || (size_t)(nl + 1 - pl->data) != pl->len) goto bad;
-      return 0;
+      if (token && pin) return 0;
+      snprintf(err, errlen, "the backup holds no %s: nothing to restore", token ? "PIN" : "token");
+      return SG_ECORRUPT;
     }
     if (sscanf(hdr, "F %1023s %lld", rel, &size) != 2 || size < 0 || size > BACKUP_MAX_FILE ||
         !backup__path_ok(rel) || (size_t)size > pl->len - (size_t)(nl + 1 - pl->data))
       goto bad;
     off = (size_t)(nl + 1 - pl->data);
+    const char *base = strrchr(rel, '/');
+    token |= base && strcmp(base, "/token.object") == 0;
+    pin |= strcmp(rel, "pin") == 0;
     if (stage) {
       char path[4096];
       snprintf(path, sizeof path, "%s/%s", stage, rel);
@@ -260,7 +285,7 @@ static int backup__walk(const struct buf *pl, const char *stage, char *err, size
         mkdir(path, 0700);
         *slash = '/';
       }
-      int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600); /* a duplicate fails */
       bool ok = fd >= 0 && write(fd, pl->data + off, (size_t)size) == size && fsync(fd) == 0;
       if (fd >= 0) close(fd);
       if (!ok) {
@@ -288,8 +313,8 @@ static bool backup__has_token(const char *hsm_dir) {
 /* Move tokens/, pin, so-pin aside (if replacing) and the staged ones in. */
 static int backup__swap(const char *hsm_dir, const char *stage, bool had, char *err, size_t errlen) {
   char aside[4096], from[4200], to[4200];
-  snprintf(aside, sizeof aside, "%s/replaced-%lld", hsm_dir, (long long)time(NULL));
-  if (had && mkdir(aside, 0700) != 0) {
+  snprintf(aside, sizeof aside, "%s/replaced-%lld-XXXXXX", hsm_dir, (long long)time(NULL));
+  if (had && mkdtemp(aside) == NULL) {
     snprintf(err, errlen, "cannot create %s: %s", aside, strerror(errno));
     return SG_EIO;
   }
@@ -309,6 +334,41 @@ fail:
   return SG_EIO;
 }
 
+static int backup__rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+/* Who owned what the restore replaces: the restored files get the same
+ * owners (a token folder of the token server's user, a PIN of the gateway's). */
+struct backup_owners {
+  bool tokens, pin;
+  struct stat tokens_st, pin_st;
+};
+
+static void backup__owners_get(const char *hsm_dir, struct backup_owners *o) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/tokens", hsm_dir);
+  o->tokens = lstat(path, &o->tokens_st) == 0 && S_ISDIR(o->tokens_st.st_mode);
+  snprintf(path, sizeof path, "%s/pin", hsm_dir);
+  o->pin = lstat(path, &o->pin_st) == 0 && S_ISREG(o->pin_st.st_mode);
+}
+
+static int backup__owners_set(const char *hsm_dir, const struct backup_owners *o, char *err, size_t errlen) {
+  if (geteuid() != 0) return 0; /* we can only have made our own files */
+  int rc = o->tokens ? hsm_token_chown(hsm_dir, o->tokens_st.st_uid, o->tokens_st.st_gid, false, err, errlen) : 0;
+  int dfd = open(hsm_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  for (int i = 0; rc == 0 && o->pin && dfd >= 0 && i < 2; i++)
+    if (fchownat(dfd, backup_pin_files[i], o->pin_st.st_uid, o->pin_st.st_gid, AT_SYMLINK_NOFOLLOW) != 0 &&
+        errno != ENOENT) {
+      snprintf(err, errlen, "cannot give %s/%s back to uid %u: %s", hsm_dir, backup_pin_files[i],
+               (unsigned)o->pin_st.st_uid, strerror(errno));
+      rc = SG_EIO;
+    }
+  if (dfd >= 0) close(dfd);
+  return rc;
+}
+
 int hsm_backup_restore(const char *hsm_dir, const char *in_path, const char *password, bool replace,
                        char *err, size_t errlen) {
   struct buf pl = BUF_INIT;
@@ -322,18 +382,61 @@ int hsm_backup_restore(const char *hsm_dir, const char *in_path, const char *pas
   bool had = rc == 0 && backup__has_token(hsm_dir);
   if (rc == 0 && had && !replace) {
     snprintf(err, errlen, "this instance already has a token (%s/tokens); --replace moves it aside "
-             "to %s/replaced-TIME and restores the backup", hsm_dir, hsm_dir);
+             "to %s/replaced-TIME-... and restores the backup", hsm_dir, hsm_dir);
     rc = SG_EEXIST;
   }
+  struct backup_owners owners = {0};
+  backup__owners_get(hsm_dir, &owners);
   char stage[4096];
-  snprintf(stage, sizeof stage, "%s/restore-%d", hsm_dir, (int)getpid());
-  if (rc == 0 && mkdir(stage, 0700) != 0) {
+  snprintf(stage, sizeof stage, "%s/restore-XXXXXX", hsm_dir);
+  bool staged = rc == 0 && mkdtemp(stage) != NULL;
+  if (rc == 0 && !staged) {
     snprintf(err, errlen, "cannot create %s: %s", stage, strerror(errno));
     rc = SG_EIO;
   }
   if (rc == 0) rc = backup__walk(&pl, stage, err, errlen);
   if (rc == 0) rc = backup__swap(hsm_dir, stage, had, err, errlen);
+  if (rc == 0) rc = backup__owners_set(hsm_dir, &owners, err, errlen);
+  if (staged && rc) nftw(stage, backup__rm_one, 16, FTW_DEPTH | FTW_PHYS); /* it holds the PIN */
   if (lock >= 0) close(lock);
   backup__wipe(&pl);
+  return rc;
+}
+
+/* ---- ownership of token files ----------------------------------------------- */
+
+/* One entry of a folder given by dfd: a real folder or regular file (never
+ * a symlink), root-owned unless !only_root. */
+static int backup__chown_at(int dfd, const char *name, uid_t uid, gid_t gid, bool only_root, bool *is_dir) {
+  struct stat st;
+  if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return errno == ENOENT ? 0 : -1;
+  *is_dir = S_ISDIR(st.st_mode);
+  if (!*is_dir && !S_ISREG(st.st_mode)) return 0;
+  if (only_root && st.st_uid != 0) return 0;
+  return fchownat(dfd, name, uid, gid, AT_SYMLINK_NOFOLLOW);
+}
+
+int hsm_token_chown(const char *hsm_dir, uid_t uid, gid_t gid, bool only_root, char *err, size_t errlen) {
+  int hfd = open(hsm_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), rc = 0;
+  bool dir = false;
+  if (hfd < 0 || backup__chown_at(hfd, "tokens", uid, gid, false, &dir) != 0) rc = SG_EIO;
+  int tfd = rc == 0 ? openat(hfd, "tokens", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+  DIR *top = tfd >= 0 ? fdopendir(tfd) : NULL;
+  if (rc == 0 && !top) rc = SG_EIO;
+  for (struct dirent *t; rc == 0 && (t = readdir(top)) != NULL;) {
+    if (t->d_name[0] == '.') continue;
+    if (backup__chown_at(tfd, t->d_name, uid, gid, only_root, &dir) != 0) rc = SG_EIO;
+    int sfd = rc == 0 && dir ? openat(tfd, t->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    DIR *sub = sfd >= 0 ? fdopendir(sfd) : NULL;
+    for (struct dirent *f; sub && rc == 0 && (f = readdir(sub)) != NULL;)
+      if (f->d_name[0] != '.' && backup__chown_at(sfd, f->d_name, uid, gid, only_root, &dir) != 0) rc = SG_EIO;
+    if (sub) closedir(sub);
+    else if (sfd >= 0) close(sfd);
+  }
+  if (rc) snprintf(err, errlen, "cannot give the token files in %s/tokens to uid %u: %s", hsm_dir,
+                   (unsigned)uid, strerror(errno));
+  if (top) closedir(top);
+  else if (tfd >= 0) close(tfd);
+  if (hfd >= 0) close(hfd);
   return rc;
 }

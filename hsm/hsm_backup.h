@@ -31,6 +31,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 /* hsm_dir is the instance's DIR/hsm (holding tokens/, pin, so-pin). */
 int hsm_backup_write(const char *hsm_dir, const char *out_path, const char *password, char *err,
@@ -39,11 +40,24 @@ int hsm_backup_write(const char *hsm_dir, const char *out_path, const char *pass
 /*
  * Put a backup back into hsm_dir.  If hsm_dir/tokens already holds a
  * token, refuse (SG_EEXIST) unless replace: then the current token folder
- * and PIN files are moved aside to hsm_dir/replaced-TIMESTAMP/ (never
- * deleted).  The caller makes sure no daemon runs on the instance.
+ * and PIN files are moved aside to hsm_dir/replaced-TIME-XXXXXX/ (never
+ * deleted).  The restored files get the owners of those they replace.
+ * Nothing is left behind on failure (the staging folder holds the PIN).
+ * The caller makes sure no daemon runs on the instance.
  */
 int hsm_backup_restore(const char *hsm_dir, const char *in_path, const char *password, bool replace,
                        char *err, size_t errlen);
+
+/*
+ * Give hsm_dir/tokens, its token folders and their files to uid:gid (root
+ * only).  Never follows a symlink (every step is an O_NOFOLLOW dirfd and
+ * fchownat(AT_SYMLINK_NOFOLLOW)), skips anything that is not a folder or a
+ * regular file, and with only_root touches only root-owned entries (the
+ * ones a root sealctl just created).  The token folder may belong to a
+ * less trusted user: this is how root changes it safely.
+ */
+int hsm_token_chown(const char *hsm_dir, uid_t uid, gid_t gid, bool only_root, char *err,
+                    size_t errlen);
 
 /* Take hsm_dir/admin.lock (flock, exclusive; waits).  Returns an fd to
  * close to release it, or a negative enum sgerr. */

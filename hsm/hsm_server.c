@@ -370,19 +370,28 @@ static int hsm__await_ready(struct hsm_server *s, char *why, size_t cap) {
 }
 
 /* server.pid, then the symlink: both replaced by rename(), so a reader
- * sees the old generation or the new one, never nothing. */
+ * sees the old generation or the new one, never nothing.  With a separate
+ * server user, RUN_DIR is that user's: the root keeper never follows or
+ * trusts what it finds there (unlink first, O_EXCL|O_NOFOLLOW, and the
+ * socket must be a socket of the server user before it is given away). */
 static int hsm__publish(struct hsm_server *s, char *why, size_t cap) {
   char tmp[HSM_SUN_MAX + 32], pidfile[HSM_SUN_MAX + 32];
-  if (s->drop && lchown(s->sock, s->client_uid, s->client_gid) != 0) {
+  struct stat st;
+  errno = 0;
+  if (s->drop && (lstat(s->sock, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != s->server_uid ||
+                  st.st_nlink != 1 || lchown(s->sock, s->client_uid, s->client_gid) != 0)) {
     snprintf(why, cap, "cannot give %s to uid %u: %s", s->sock, (unsigned)s->client_uid,
-             strerror(errno));
+             errno ? strerror(errno) : "not the server's socket");
     return SG_EIO;
   }
   snprintf(pidfile, sizeof pidfile, "%s/server.pid", s->run_dir);
   snprintf(tmp, sizeof tmp, "%s/server.pid.tmp", s->run_dir);
-  FILE *f = fopen(tmp, "we");
-  bool ok = f && fprintf(f, "%d\n", (int)s->pid) > 0;
-  if (f && fclose(f) != 0) ok = false;
+  unlink(tmp);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  char line[32];
+  int n = snprintf(line, sizeof line, "%d\n", (int)s->pid);
+  bool ok = fd >= 0 && write(fd, line, (size_t)n) == n;
+  if (fd >= 0 && close(fd) != 0) ok = false;
   ok = ok && rename(tmp, pidfile) == 0;
   snprintf(tmp, sizeof tmp, "%s/current.tmp", s->run_dir);
   unlink(tmp);

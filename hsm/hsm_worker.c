@@ -348,6 +348,9 @@ int hsm_worker_pkey(struct hsm_worker *w, const struct hsm_keyref *ref, EVP_PKEY
   pthread_mutex_lock(&w->h->mu);
   int rc = conn_key(&w->own, ref, pkey_out);
   pthread_mutex_unlock(&w->h->mu);
+  /* A key not cached yet is looked up over the connection: if the server
+   * died, that is a dead connection, not a missing key. */
+  if (rc != 0 && hsm_worker_check(w) == SG_ETEMP) return SG_ETEMP;
   return rc;
 }
 

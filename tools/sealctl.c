@@ -331,6 +331,9 @@ static int ctl_init_files(const struct ctl_init *o) {
   snprintf(text, sizeof text, "%s\n", pin);
   snprintf(path, sizeof path, "%s/hsm/pin", o->dir);
   int rc = ctl_write_file(path, text, 0600);
+  explicit_bzero(text, sizeof text); /* the PIN lives in its file only */
+  explicit_bzero(pin, sizeof pin);
+  explicit_bzero(rnd, sizeof rnd);
   snprintf(text, sizeof text,
            "# SoftHSM2 config of this sealgate instance (never the system token folder)\n"
            "directories.tokendir = %s/hsm/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", abs);

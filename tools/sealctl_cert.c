@@ -122,27 +122,16 @@ static int ctl_tok_open(const struct ctl *c, bool write, struct ctl_tok *t) {
 }
 
 /* Files sealctl (root) created in a token folder owned by the token
- * server's user must become that user's, or the server cannot read them. */
+ * server's (or gateway's) user must become that user's, or the server
+ * cannot read them.  hsm_token_chown never follows a symlink: the folder
+ * belongs to a less trusted user. */
 static void ctl_tok_fix_owner(const char *hsm_dir) {
-  char path[4200];
+  char path[4200], err[512];
   snprintf(path, sizeof path, "%s/tokens", hsm_dir);
   struct stat st;
-  if (geteuid() != 0 || stat(path, &st) != 0 || st.st_uid == 0) return;
-  DIR *top = opendir(path);
-  for (struct dirent *t; top && (t = readdir(top)) != NULL;) {
-    if (t->d_name[0] == '.') continue;
-    char sub[4500];
-    snprintf(sub, sizeof sub, "%s/%s", path, t->d_name);
-    if (chown(sub, st.st_uid, st.st_gid) != 0) continue;
-    DIR *d = opendir(sub);
-    for (struct dirent *f; d && (f = readdir(d)) != NULL;) {
-      char file[4800];
-      snprintf(file, sizeof file, "%s/%s", sub, f->d_name);
-      if (f->d_name[0] != '.' && chown(file, st.st_uid, st.st_gid) != 0) break;
-    }
-    if (d) closedir(d);
-  }
-  if (top) closedir(top);
+  if (geteuid() != 0 || lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid == 0) return;
+  if (hsm_token_chown(hsm_dir, st.st_uid, st.st_gid, true, err, sizeof err) != 0)
+    fprintf(stderr, "sealctl: warning: %s\n", err);
 }
 
 /* Close; after a write tell a running daemon (quietly if none runs). */
@@ -473,14 +462,13 @@ static int ctl_cert_backup(const struct ctl *c, bool restore) {
     if (rc == 0) printf("token of %s backed up, encrypted, to %s\n", cfg->path, pos[0]);
   } else {
     rc = hsm_backup_restore(hsm_dir, pos[0], pw, replace, err, sizeof err);
-    if (rc == 0) ctl_tok_fix_owner(hsm_dir);
     if (rc == 0) printf("token restored from %s into %s\n", pos[0], hsm_dir);
   }
   if (rc < 0) fprintf(stderr, "sealctl: cert %s: %s\n", restore ? "restore" : "backup", err);
   if (lfd >= 0) close(lfd);
   OPENSSL_cleanse(pw, sizeof pw);
   config_unref(cfg);
-  return rc ? 1 : 0;
+  return rc == 2 ? 2 : rc ? 1 : 0; /* 2: a usage error, already printed */
 }
 
 /* ---- check: sign through the token (via the daemon when it runs) ----------- */
@@ -492,7 +480,7 @@ static int ctl_cert_check(const struct ctl *c) {
   if (rc) return rc;
   char *end;
   unsigned long cnt = strtoul(count, &end, 10);
-  if (n != 1 || *end || cnt < 1 || cnt > 100000) return ctl_usage_error("cert check NAME [--count 1..100000]%s", "");
+  if (n != 1 || *end || cnt < 1 || cnt > 20000) return ctl_usage_error("cert check NAME [--count 1..20000]%s", "");
   struct config *cfg;
   if ((rc = ctl_load(c, &cfg)) != 0) return rc;
   char cmd[256], path[4200];
@@ -635,6 +623,7 @@ int ctl_init_token(const char *dir, const char *domain, const char *org, const c
   if (rc == 0) rc = hsm_token_init(&p, so, pin, err, sizeof err);
   OPENSSL_cleanse(so, sizeof so);
   OPENSSL_cleanse(pin, sizeof pin);
+  OPENSSL_cleanse(text, sizeof text);
   struct hsm *h = NULL;
   if (rc == 0) rc = hsm_open(&p, &h, err, sizeof err);
   const char *doms[] = {domain, NULL};

@@ -375,6 +375,56 @@ def test_backup_restore_decrypts_old_mail():
         assert r.returncode == 0, r.stderr
 
 
+def sealed_archive(tmp, records, password, name="crafted.backup"):
+    """A backup-shaped file with the given (path, bytes) records, sealed the
+    way `cert backup` seals (PWRI), made by OpenSSL: restore must judge the
+    content, not trust it because the password was right."""
+    import hashlib
+    body = b"SGBACKUP 1\n" + b"".join(b"F %s %d\n" % (p.encode(), len(d)) + d for p, d in records)
+    body += b"END " + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    plain, out = os.path.join(tmp, name + ".plain"), os.path.join(tmp, name)
+    with open(plain, "wb") as f:
+        f.write(body)
+    run("openssl", "cms", "-encrypt", "-binary", "-aes256", "-pwri_password", password, "-outform", "PEM",
+        "-in", plain, "-out", out)
+    return out
+
+
+def test_restore_rejects_bad_archives_and_leaves_nothing():
+    with instance() as gw:
+        pw_text = "backup password 3"
+        pw = password_file(gw.base, pw_text)
+        before = certs(gw)
+        cases = [
+            ([("tokens/x/y.object", b"1")], "no token"),
+            ([("tokens/x/token.object", b"1")], "no PIN"),
+            ([("pin", b"1234\n"), ("pin", b"5678\n"), ("tokens/x/token.object", b"1")], "write"),
+            ([("../evil", b"1"), ("pin", b"1\n")], "damaged"),
+            ([("tokens/x/../../evil", b"1")], "damaged"),
+        ]
+        for i, (records, says) in enumerate(cases):
+            f = sealed_archive(gw.base, records, pw_text, "c%d" % i)
+            fails(gw, "cert", "restore", f, "--password-file", pw, "--replace", says=says)
+            left = [n for n in os.listdir(os.path.join(gw.dir, "hsm")) if n.startswith(("restore-", "replaced-"))]
+            assert not left, (says, left)
+        assert certs(gw) == before
+        fails(gw, "cert", "restore", os.path.join(gw.base, "nothing"), "--password-file", pw, says="nothing")
+        fails(gw, "cert", "backup", os.path.join(gw.base, "b"), code=2, says="--password-file")
+
+
+def test_backup_never_follows_a_planted_symlink():
+    with instance() as gw:
+        victim = os.path.join(gw.base, "victim")
+        with open(victim, "w") as f:
+            f.write("keep me\n")
+        out = os.path.join(gw.base, "b.pem")
+        os.symlink(victim, out + ".tmp")
+        ok(gw, "cert", "backup", out, "--password-file", password_file(gw.base, "backup password 4"))
+        with open(victim) as f:
+            assert f.read() == "keep me\n"
+        assert not os.path.islink(out) and os.stat(out).st_mode & 0o077 == 0
+
+
 def test_restore_refuses_while_daemon_runs():
     with sgtest.Sink() as sink, sgtest.gateway(sink.port) as gw:
         pw = password_file(gw.base, "backup password 2")
@@ -396,6 +446,14 @@ def test_daemon_uses_remote_token():
         code, text = sgtest.send_message(gw.port, "a@example.com", ["b@example.net"],
                                          sgtest.make_message("cert1@test"))
         assert code == 250, (code, text)
+        # The token server dies; a key the workers never used must still be
+        # found once it is back (a dead connection is not a missing key).
+        with open(os.path.join(gw.dir, "hsm", "run", "server.pid")) as f:
+            pid = int(f.read())
+        os.killpg(os.getpgid(pid), 9)
+        ok(gw, "cert", "create", "fresh", "--cn", "gw.acme.example")
+        assert sgtest.wait_for(lambda: gw.sealctl("cert", "check", "fresh", "--count", "20").returncode == 0, 20), \
+            gw.log()[-3000:]
 
 
 def main():
@@ -406,6 +464,7 @@ def main():
         test_import_bad_files_leave_nothing, test_delete_refuses_while_used,
         test_config_check_names_missing_certificate, test_config_check_rejects_ec_encryption_cert_remote,
         test_renew_keeps_old_key, test_alerts_warn_before_expiry, test_backup_restore_decrypts_old_mail,
+        test_restore_rejects_bad_archives_and_leaves_nothing, test_backup_never_follows_a_planted_symlink,
         test_restore_refuses_while_daemon_runs, test_daemon_uses_remote_token,
     ])
 

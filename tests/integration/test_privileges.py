@@ -146,13 +146,73 @@ def test_token_server_has_its_own_user():
             sgtest.assert_no_sanitizer_report(log, tail=4000)
 
 
+def test_root_sealctl_never_follows_planted_symlinks():
+    """The token folder belongs to the token server's user; root's sealctl
+    gives the files it creates there to that user, and a symlink that user
+    planted must not make root chown something else."""
+    hsm = ensure_user("sealgate-hsm")
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            gw.edit_config("hostname:", "user: nobody\nhostname:")
+            gw.start()
+            assert gw.stop() == 0  # the token now belongs to sealgate-hsm
+            tokens = os.path.join(gw.dir, "hsm", "tokens")
+            victim = os.path.join(gw.base, "victim")
+            os.mkdir(victim)
+            with open(os.path.join(victim, "secret"), "w") as f:
+                f.write("root's\n")
+            token_dir = [os.path.join(tokens, d) for d in os.listdir(tokens)][0]
+            os.symlink(victim, os.path.join(tokens, "evil"))
+            os.symlink(os.path.join(victim, "secret"), os.path.join(token_dir, "evil.object"))
+            r = gw.sealctl("cert", "create", "t1", "--cn", "gw.test.example")
+            assert r.returncode == 0, r.stderr
+            for p in (victim, os.path.join(victim, "secret")):
+                assert os.stat(p).st_uid == 0, p
+            objs = [f for f in os.listdir(token_dir) if f.endswith(".object") and f != "evil.object"]
+            for f in objs:
+                assert os.lstat(os.path.join(token_dir, f)).st_uid == hsm.pw_uid, f
+            gw.start()
+            r = gw.sealctl("cert", "check", "t1", "--count", "5")
+            assert r.returncode == 0, (r.stdout, r.stderr, gw.log()[-2000:])
+            assert gw.stop() == 0
+        finally:
+            gw.stop(10)
+            log = gw.log()
+            gw.close()
+            sgtest.assert_no_sanitizer_report(log, tail=4000)
+
+
+def test_inprocess_token_with_user():
+    """hsm.module: inprocess as root with `user:`: the gateway itself opens
+    the token, so the token files become that user's and signing works."""
+    nobody = pwd.getpwnam("nobody")
+    with sgtest.Sink() as sink:
+        gw = sgtest.Instance(next_hop=sink.port)
+        try:
+            gw.edit_config("hostname:", "user: nobody\nhostname:")
+            gw.edit_config("module: remote", "module: inprocess")
+            gw.start()
+            st = os.stat(os.path.join(gw.dir, "hsm", "tokens"))
+            assert st.st_uid == nobody.pw_uid and st.st_mode & 0o077 == 0, (st.st_uid, oct(st.st_mode))
+            r = gw.sealctl("cert", "check", "org", "--count", "10")
+            assert r.returncode == 0 and "10 verified" in r.stdout, (r.stdout, r.stderr, gw.log()[-2000:])
+            assert gw.stop() == 0, gw.log()[-2000:]
+        finally:
+            gw.stop(10)
+            log = gw.log()
+            gw.close()
+            sgtest.assert_no_sanitizer_report(log, tail=4000)
+
+
 def main():
     if os.geteuid() != 0:
         print("FAIL: must run as root (dropping privileges needs root)")
         return 1
     ensure_user("sealgate-hsm")  # the token server's user (docs/HSM.md)
     failed = []
-    for fn in (test_drop_to_nobody, test_unknown_user_refused, test_token_server_has_its_own_user):
+    for fn in (test_drop_to_nobody, test_unknown_user_refused, test_token_server_has_its_own_user,
+               test_root_sealctl_never_follows_planted_symlinks, test_inprocess_token_with_user):
         try:
             fn()
             print("PASS %s" % fn.__name__, flush=True)
