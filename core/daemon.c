@@ -35,7 +35,6 @@ struct daemon_main {
   char **keys; /* listener addresses currently bound */
   size_t n_keys;
   int lock_fd;
-  struct keyring *keys_ring; /* token server, token, crypto workers, certificates */
   bool loop_ready; /* the main loop was initialised (daemon__stop must know) */
 };
 
@@ -108,7 +107,7 @@ static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
     return SG_ECONFIG;
   }
   /* The new config must fit the token (names it uses, EC in remote mode). */
-  if ((rc = keyring_reload(m->keys_ring, nc, err, errlen)) != 0) {
+  if ((rc = keyring_reload(m->d.keys, nc, err, errlen)) != 0) {
     config_unref(nc);
     return rc;
   }
@@ -212,7 +211,7 @@ static int daemon__cert_check(struct daemon_main *m, const char *args, struct bu
     snprintf(err, errlen, "usage: cert check NAME COUNT (1..20000)");
     return SG_EINVAL;
   }
-  return keyring_check(m->keys_ring, name, count, payload, err, errlen);
+  return keyring_check(m->d.keys, name, count, payload, err, errlen);
 }
 
 static int daemon__control(void *arg, const char *cmd, struct buf *payload, char *err,
@@ -227,7 +226,7 @@ static int daemon__control(void *arg, const char *cmd, struct buf *payload, char
   if (strcmp(cmd, "queue list") == 0) return daemon__queue_list(m, payload);
   if (strcmp(cmd, "keys reload") == 0) {
     struct config *cfg = daemon_config_get(&m->d);
-    int rc = keyring_reload(m->keys_ring, cfg, err, errlen);
+    int rc = keyring_reload(m->d.keys, cfg, err, errlen);
     config_unref(cfg);
     if (rc) log_err("keys reload rejected: %s", err);
     return rc;
@@ -374,7 +373,7 @@ static void daemon__stop(struct daemon_main *m) {
   for (unsigned i = 0; i < m->d.n_shards; i++) shard_join(m->d.shards[i]);
   free(m->d.shards);
   spool_close(m->d.spool);
-  keyring_stop(m->keys_ring);
+  keyring_stop(m->d.keys);
   if (m->loop_ready) {
     control_close(m->ctl);
     uv_walk(&m->loop, daemon__walk_close, NULL);
@@ -407,7 +406,7 @@ int daemon_run(const char *config_path) {
   if (!cfg->user && geteuid() == 0) log_warn("running as root; set 'user:' to drop privileges");
   int rc = daemon__lock(&m, cfg->dir);
   /* The token server's keeper is forked here, before any thread exists. */
-  if (rc == 0 && (rc = keyring_start(cfg, &m.keys_ring, err, sizeof err)) != 0) log_err("hsm: %s", err);
+  if (rc == 0 && (rc = keyring_start(cfg, &m.d.keys, err, sizeof err)) != 0) log_err("hsm: %s", err);
   if (rc == 0) rc = clientlimit_init();
   if (rc == 0) rc = daemon__start_shards(&m);
   /* Bind while still root, then give up root before the first client and
@@ -417,7 +416,7 @@ int daemon_run(const char *config_path) {
     log_err("%s", err);
   if (rc == 0) rc = daemon__start_main_loop(&m);
   if (rc == 0 && (rc = privs_drop(cfg, err, sizeof err)) != 0) log_err("%s", err);
-  if (rc == 0 && (rc = keyring_open(m.keys_ring, cfg, err, sizeof err)) != 0) log_err("hsm: %s", err);
+  if (rc == 0 && (rc = keyring_open(m.d.keys, cfg, err, sizeof err)) != 0) log_err("hsm: %s", err);
   if (rc == 0) {
     struct daemon_recover r = {NULL, 0};
     spool_recover(m.d.spool, daemon__recover_one, &r);

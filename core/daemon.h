@@ -18,6 +18,7 @@
 
 struct spool;
 struct shard;
+struct keyring;
 
 struct daemon {
   struct config *cfg;       /* RCU-published; use daemon_config_get() */
@@ -25,6 +26,7 @@ struct daemon {
   struct shard **shards;
   unsigned n_shards;
   char *instance_dir;       /* folder of the config file */
+  struct keyring *keys;     /* token, crypto workers, certificates (crypto/keyring.h) */
   atomic_bool draining;
 };
 

@@ -16,6 +16,8 @@
 #include "core/shard.h"
 #include "core/smtp_client.h"
 #include "core/spool.h"
+#include "crypto/keyring.h"
+#include "crypto/outgoing.h"
 
 #define DL_IDLE_CONN_MS 5000
 /* Bytes of message data a next hop's waiting queue keeps in memory; the
@@ -88,8 +90,9 @@ static void dl__log(const struct spool_msg *m, const char *result, size_t n, con
                     const char *reply) {
   char from[300];
   log_safe(from, sizeof from, m->env.sender, strlen(m->env.sender));
-  log_info("queue_id=%s from=<%s> rcpts=%zu size=%zu action=relay result=%s relay=%s reply=\"%s\"",
-           m->env.queue_id, from, n, m->data_len, result, hop ? hop : "none", reply ? reply : "");
+  log_info("queue_id=%s from=<%s> rcpts=%zu size=%zu action=%s result=%s relay=%s ms=%" PRIu64 " reply=\"%s\"",
+           m->env.queue_id, from, n, m->data_len, m->action ? m->action : "relay", result, hop ? hop : "none",
+           m->smime_ms, reply ? reply : "");
 }
 
 /* The next hop a message goes to: its listener's current next_hop (a reload
@@ -388,6 +391,8 @@ static void dl__defer(struct delivery *dl, struct spool_msg *m) {
   m->next_try_ms = timeutil_wall_ms() + delay;
   free(m->data); /* reloaded from the spool at the next try: retries cost disk, not memory */
   m->data = NULL;
+  free(m->wire);
+  m->wire = NULL;
   m->next = dl->deferred;
   dl->deferred = m;
   dl__arm_retry(dl, m->next_try_ms);
@@ -437,6 +442,8 @@ static void dl__on_done(struct smtp_client *c, int status, const char *err,
   struct spool_msg *m = cn->m;
   cn->m = NULL;
   dl->busy--;
+  free(m->wire); /* made for this attempt; a retry makes it again */
+  m->wire = NULL;
   if (status != 0) {
     struct dl_host *h = cn->h;
     cn->c = NULL; /* the client closes itself after a failure */
@@ -493,31 +500,46 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
 
 static void dl__prefetch(struct dl_host *h);
 
+/* Ready to send: the bytes for the next hop are in memory (for a message
+ * under a sending profile, the S/MIME result; else the data). */
+static bool dl__ready(const struct spool_msg *m) { return m->smime ? m->wire != NULL : m->data != NULL; }
+
+/* What a ready message holds in memory, counted in its host's q_bytes (a
+ * message being processed is not counted until it is ready). */
+static size_t dl__ready_bytes(const struct spool_msg *m) {
+  if (!dl__ready(m)) return 0;
+  return (m->data ? m->data_len : 0) + (m->wire ? m->wire_len : 0);
+}
+
 /* Unlink m from h's queue (prev is its predecessor or NULL). */
 static void dl__queue_unlink(struct dl_host *h, struct spool_msg *prev, struct spool_msg *m) {
   if (prev) prev->next = m->next;
   else h->q_head = m->next;
   if (h->q_tail == m) h->q_tail = prev;
   m->next = NULL;
-  if (m->data) h->q_bytes -= m->data_len;
+  h->q_bytes -= dl__ready_bytes(m);
 }
 
-/* The first queued message whose data is in memory, taken off the queue;
- * NULL when none is ready (reads are then on their way). */
+/* The first queued message that is ready, taken off the queue; NULL when
+ * none is (reads or S/MIME processing are then on their way). */
 static struct spool_msg *dl__queue_take(struct dl_host *h) {
   struct spool_msg *prev = NULL, *m = h->q_head;
-  while (m && !m->data) prev = m, m = m->next;
+  while (m && !dl__ready(m)) prev = m, m = m->next;
   if (m) dl__queue_unlink(h, prev, m);
   dl__prefetch(h);
   return m;
 }
+
+static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool_msg *m);
 
 static void dl__prefetched(struct spool_msg *m, int status, void *arg) {
   struct dl_host *h = arg;
   struct delivery *dl = h->dl;
   dl->jobs--;
   m->loading = false;
-  if (status == 0) {
+  if (status == 0 && m->smime) {
+    dl__smime_start(dl, h, m); /* ready once processed */
+  } else if (status == 0) {
     h->q_bytes += m->data_len;
   } else { /* off the queue: corrupt ones were moved aside, others retry later */
     struct spool_msg *prev = NULL, *q = h->q_head;
@@ -535,8 +557,8 @@ static void dl__prefetch(struct dl_host *h) {
   struct delivery *dl = h->dl;
   uint64_t budget = h->q_bytes;
   for (struct spool_msg *m = h->q_head; m && budget < DL_QUEUE_BYTES && !dl->draining; m = m->next) {
-    if (m->data || m->loading) {
-      budget += m->data ? 0 : m->data_len;
+    if (dl__ready(m) || m->loading) {
+      budget += dl__ready(m) ? 0 : m->data_len;
       continue;
     }
     budget += m->data_len;
@@ -565,8 +587,11 @@ static void dl__conn_next(struct dl_conn *cn) {
   uv_timer_stop(&cn->idle);
   cn->m = m;
   dl->busy++;
-  int rc = smtp_client_send(cn->c, m->env.sender, m->env.rcpts, m->env.n_rcpts, m->data, m->data_len,
-                            (m->env.flags & SPOOL_F_8BITMIME) != 0, dl__on_done, cn);
+  const char *bytes = m->smime ? m->wire : m->data; /* S/MIME output is 7-bit */
+  size_t len = m->smime ? m->wire_len : m->data_len;
+  bool eightbit = !m->smime && (m->env.flags & SPOOL_F_8BITMIME) != 0;
+  int rc = smtp_client_send(cn->c, m->env.sender, m->env.rcpts, m->env.n_rcpts, bytes, len, eightbit,
+                            dl__on_done, cn);
   if (rc != 0) {
     cn->m = NULL;
     dl->busy--;
@@ -615,6 +640,283 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   }
 }
 
+/* ---- outgoing S/MIME ------------------------------------------------------- */
+
+/* A message is processed when its listener (in the current config) names a
+ * sending profile; DSNs never are (they go back to our own sender). */
+static bool dl__profile_of(struct delivery *dl, const struct spool_msg *m) {
+  if (m->env.flags & SPOOL_F_DSN) return false;
+  struct config *cfg = daemon_config_get(dl->sh->d);
+  const struct config_listener *l = config_listener_find(cfg, m->env.listener);
+  bool yes = l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile);
+  config_unref(cfg);
+  return yes;
+}
+
+struct dl_smime {
+  struct cryptopool_job job; /* first: the pool hands this pointer back */
+  struct mailbox_item item;  /* the result's way back to the shard loop */
+  struct delivery *dl;
+  struct dl_host *h;
+  struct spool_msg *m;
+  struct config *cfg;        /* referenced: the profile points into it */
+  struct outgoing_signer signer;
+  struct outgoing_request rq;
+  struct outgoing_result res;
+  uint64_t t0;
+};
+
+static void dl__smime_free(struct dl_smime *j) {
+  keyring_signer_free(&j->signer);
+  outgoing_result_free(&j->res);
+  config_unref(j->cfg);
+  free(j);
+}
+
+static void dl__smime_done(void *arg);
+
+/* Crypto worker thread: the transformation, then back to the loop. */
+static void dl__smime_run(struct cryptopool_job *job, struct hsm_worker *w) {
+  struct dl_smime *j = (struct dl_smime *)job;
+  outgoing_process(w, &j->rq, &j->res);
+  j->item.fn = dl__smime_done;
+  j->item.arg = j;
+  mailbox_post_item(&j->dl->sh->mb, &j->item);
+}
+
+/* Fill the request from the current config and keys; false with res set
+ * when it cannot even be made (then the result is handled at once). */
+static bool dl__smime_request(struct dl_smime *j) {
+  const struct config_listener *l = config_listener_find(j->cfg, j->m->env.listener);
+  const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(j->cfg, l->sending_profile) : NULL;
+  struct keyring *k = j->dl->sh->d->keys;
+  j->rq = (struct outgoing_request){p, NULL, keyring_keystore(k), (j->m->env.flags & SPOOL_F_PLAIN) != 0,
+                                    j->m->data, j->m->data_len, j->m->env.rcpts, j->m->env.n_rcpts, time(NULL)};
+  j->res.status = OUTGOING_TEMP;
+  if (!p) { /* a reload removed the profile: relay as configured now */
+    j->res.action = "relay";
+    j->res.status = buf_append(&j->res.out, j->m->data, j->m->data_len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
+    return false;
+  }
+  if (p->mode != CONFIG_MODE_ENCRYPT) {
+    if (keyring_signer(k, p->signing_certificate, &j->signer) != 0) {
+      snprintf(j->res.reason, sizeof j->res.reason, "signing certificate '%s' is not in the token", p->signing_certificate);
+      return false;
+    }
+    j->rq.signer = &j->signer;
+  }
+  return true;
+}
+
+/* Process m (queued on h, data in memory) on a crypto worker; it stays
+ * "loading" (not ready) until dl__smime_done. */
+static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool_msg *m) {
+  struct dl_smime *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(m->data); /* read and processed again by the prefetch */
+    m->data = NULL;
+    return;
+  }
+  *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms()};
+  j->job.run = dl__smime_run;
+  m->loading = true;
+  dl->jobs++;
+  if (!dl__smime_request(j) || keyring_submit(dl->sh->d->keys, &j->job) != 0) {
+    if (j->res.status == OUTGOING_TEMP && !j->res.reason[0])
+      snprintf(j->res.reason, sizeof j->res.reason, "token unreachable (the crypto workers are being rebuilt)");
+    dl__smime_done(j);
+  }
+}
+
+/* missing_key_action: bounce.  Nothing is delivered; the DSN says who has
+ * no key and that the others were not sent to because of them (R24). */
+static void dl__nokeys_bounce(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
+  struct smtp_client_reply *r = calloc(m->env.n_rcpts, sizeof *r);
+  if (!r) {
+    dl__defer(dl, m);
+    return;
+  }
+  for (size_t i = 0; i < m->env.n_rcpts; i++) {
+    r[i].code = 550;
+    snprintf(r[i].text, sizeof r[i].text, "%s",
+             keyed[i] ? "550 5.7.1 not sent: other recipients of this message have no encryption key "
+                        "(missing_key_action: bounce)"
+                      : "550 5.7.1 no encryption key for this recipient (missing_key_action: bounce)");
+  }
+  dl__after_attempt(dl, m, r, NULL);
+  free(r);
+}
+
+/* missing_key_action: drop.  Logged, nothing delivered, no DSN. */
+static void dl__nokeys_drop(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
+  size_t nokey = 0;
+  for (size_t i = 0; i < m->env.n_rcpts; i++) nokey += !keyed[i];
+  char from[300];
+  log_safe(from, sizeof from, m->env.sender, strlen(m->env.sender));
+  log_warn("queue_id=%s from=<%s> rcpts=%zu size=%zu action=%s result=dropped reason=\"no encryption key for "
+           "%zu recipient(s) (missing_key_action: drop)\"", m->env.queue_id, from, m->env.n_rcpts, m->data_len,
+           m->action ? m->action : "encrypt", nokey);
+  dl->jobs++;
+  if (spool_remove(dl->sh->d->spool, m, &dl->sh->mb, dl__removed, dl) != 0) {
+    dl->jobs--;
+    dl__defer(dl, m);
+  }
+}
+
+/* After the split-off copy is durable, the original keeps the recipients
+ * with keys and goes round again (now everyone in it has a key). */
+static void dl__split_rewritten(struct spool_msg *m, int status, void *arg) {
+  struct delivery *dl = arg;
+  dl->jobs--;
+  if (status != 0) { /* the old file still lists everyone: the plain ones may get two copies */
+    log_err("queue_id=%s: cannot rewrite spool file: %s", m->env.queue_id, sgerr_str(status));
+    dl__defer(dl, m);
+  } else {
+    dl__route(dl, m);
+  }
+  shard_check_idle(dl->sh);
+}
+
+static void dl__split_rewrite(struct delivery *dl, struct spool_msg *m) {
+  dl->jobs++;
+  if (spool_commit(dl->sh->d->spool, dl->sh->id, m, true, &dl->sh->mb, dl__split_rewritten, dl) != 0) {
+    dl->jobs--;
+    dl__defer(dl, m);
+  }
+}
+
+struct dl_split {
+  struct delivery *dl;
+  struct spool_msg *orig;
+  bool *keyed;
+};
+
+static void dl__split_committed(struct spool_msg *copy, int status, void *arg) {
+  struct dl_split *sp = arg;
+  struct delivery *dl = sp->dl;
+  struct spool_msg *m = sp->orig;
+  dl->jobs--;
+  if (status != 0) {
+    log_err("queue_id=%s: cannot queue the copy for recipients without keys: %s", m->env.queue_id, sgerr_str(status));
+    spool_msg_free(copy);
+    dl__defer(dl, m);
+  } else {
+    log_info("queue_id=%s: %zu recipient(s) without encryption keys split off as %s (missing_key_action: split)",
+             m->env.queue_id, copy->env.n_rcpts, copy->env.queue_id);
+    struct dl_fin f = {.dl = dl, .m = m, .pending = calloc(m->env.n_rcpts, sizeof(char *))};
+    for (size_t i = 0; f.pending && i < m->env.n_rcpts; i++)
+      if (sp->keyed[i]) f.pending[f.n_pending++] = m->env.rcpts[i];
+    if (f.pending) dl__keep_pending(&f); /* without memory all stay: duplicates, not losses */
+    free(f.pending);
+    delivery_enqueue(dl, copy);
+    dl__split_rewrite(dl, m);
+  }
+  free(sp->keyed);
+  free(sp);
+  shard_check_idle(dl->sh);
+}
+
+/* A durable copy (flag PLAIN: signed at most) for the recipients without
+ * keys, then the original keeps only the others (R24 split). */
+static struct spool_msg *dl__plain_copy(struct delivery *dl, const struct spool_msg *m, const bool *keyed) {
+  struct spool_msg *c = calloc(1, sizeof *c);
+  if (!c || spool_envelope_copy(&c->env, &m->env) != 0 || !(c->data = malloc(m->data_len ? m->data_len : 1))) {
+    spool_msg_free(c);
+    return NULL;
+  }
+  memcpy(c->data, m->data, m->data_len);
+  c->data_len = m->data_len;
+  size_t k = 0;
+  for (size_t i = 0; i < c->env.n_rcpts; i++) {
+    if (keyed[i]) free(c->env.rcpts[i]);
+    else c->env.rcpts[k++] = c->env.rcpts[i];
+  }
+  c->env.n_rcpts = k;
+  c->env.flags |= SPOOL_F_PLAIN;
+  spool_new_id(dl->sh->d->spool, dl->sh->id, c);
+  return c;
+}
+
+static void dl__nokeys_split(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
+  size_t nkeyed = 0;
+  for (size_t i = 0; i < m->env.n_rcpts; i++) nkeyed += keyed[i];
+  if (nkeyed == 0) { /* nobody has a key: the whole message is the plain copy */
+    m->env.flags |= SPOOL_F_PLAIN;
+    dl__split_rewrite(dl, m);
+    return;
+  }
+  struct dl_split *sp = calloc(1, sizeof *sp);
+  struct spool_msg *copy = sp ? dl__plain_copy(dl, m, keyed) : NULL;
+  if (sp) sp->keyed = malloc(m->env.n_rcpts * sizeof *sp->keyed);
+  if (!sp || !copy || !sp->keyed) {
+    spool_msg_free(copy);
+    if (sp) free(sp->keyed);
+    free(sp);
+    dl__defer(dl, m);
+    return;
+  }
+  memcpy(sp->keyed, keyed, m->env.n_rcpts * sizeof *keyed);
+  sp->dl = dl;
+  sp->orig = m;
+  dl->jobs++;
+  if (spool_commit(dl->sh->d->spool, dl->sh->id, copy, false, &dl->sh->mb, dl__split_committed, sp) != 0) {
+    dl->jobs--;
+    spool_msg_free(copy);
+    free(sp->keyed);
+    free(sp);
+    dl__defer(dl, m);
+  }
+}
+
+/* A result other than DONE: m is off its host's queue. */
+static void dl__smime_outcome(struct delivery *dl, struct spool_msg *m, struct dl_smime *j) {
+  char text[SMTP_CLIENT_TEXT_MAX];
+  switch (j->res.status) {
+    case OUTGOING_TEMP: /* the token is unreachable: not a signing failure (R25) */
+      snprintf(text, sizeof text, "451 4.3.0 %.200s; the message waits and is retried", j->res.reason);
+      dl__fail_all(dl, m, 451, text, NULL);
+      return;
+    case OUTGOING_FAIL:
+      snprintf(text, sizeof text, "554 5.7.0 %.200s", j->res.reason);
+      dl__fail_all(dl, m, 554, text, NULL);
+      return;
+    case OUTGOING_NOKEYS:
+      if (j->rq.profile->missing_key_action == CONFIG_MISSING_DROP) dl__nokeys_drop(dl, m, j->res.keyed);
+      else if (j->rq.profile->missing_key_action == CONFIG_MISSING_SPLIT) dl__nokeys_split(dl, m, j->res.keyed);
+      else dl__nokeys_bounce(dl, m, j->res.keyed);
+      return;
+    case OUTGOING_DONE:
+      return;
+  }
+}
+
+/* Shard loop: the processing of m is over. */
+static void dl__smime_done(void *arg) {
+  struct dl_smime *j = arg;
+  struct delivery *dl = j->dl;
+  struct dl_host *h = j->h;
+  struct spool_msg *m = j->m;
+  dl->jobs--;
+  m->loading = false;
+  m->action = j->res.action;
+  m->smime_ms = timeutil_mono_ms() - j->t0;
+  if (j->res.status == OUTGOING_DONE && !(m->wire = buf_steal(&j->res.out, &m->wire_len))) {
+    j->res.status = OUTGOING_TEMP;
+    snprintf(j->res.reason, sizeof j->res.reason, "out of memory");
+  }
+  if (j->res.status == OUTGOING_DONE) {
+    h->q_bytes += dl__ready_bytes(m);
+  } else {
+    struct spool_msg *prev = NULL, *q = h->q_head;
+    while (q && q != m) prev = q, q = q->next;
+    if (q) dl__queue_unlink(h, prev, m);
+    dl__smime_outcome(dl, m, j);
+  }
+  dl__smime_free(j);
+  if (!dl->draining) dl__pump(dl, h);
+  shard_check_idle(dl->sh);
+}
+
 static void dl__loaded(struct spool_msg *m, int status, void *arg) {
   struct delivery *dl = arg;
   dl->jobs--;
@@ -659,9 +961,12 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
   if (h->q_tail) h->q_tail->next = m;
   else h->q_head = m;
   h->q_tail = m;
+  m->smime = dl__profile_of(dl, m);
   if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
     free(m->data);
     m->data = NULL;
+  } else if (m->smime) {
+    dl__smime_start(dl, h, m);
   } else {
     h->q_bytes += m->data_len;
   }

@@ -433,6 +433,7 @@ void spool_msg_free(struct spool_msg *msg) {
   if (!msg) return;
   spool_envelope_free(&msg->env);
   free(msg->data);
+  free(msg->wire);
   free(msg->last_error);
   free(msg);
 }

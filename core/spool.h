@@ -48,7 +48,14 @@ struct spool_msg {
   uint64_t next_try_ms;
   unsigned attempts;
   char *last_error;
-  bool loading; /* a spool_load is pending for it */
+  bool loading; /* a spool_load (or its S/MIME processing) is pending for it */
+  /* Outgoing S/MIME (crypto/outgoing.h): the bytes to send instead of data,
+   * made for one attempt and freed after it. */
+  bool smime;       /* its listener has a sending profile */
+  char *wire;
+  size_t wire_len;
+  const char *action; /* static: "sign", ..., for logs; NULL = "relay" */
+  uint64_t smime_ms;  /* how long the processing took */
 };
 
 /* Result callback, run on the loop that owns the mailbox passed in.

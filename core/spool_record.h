@@ -39,10 +39,12 @@
 enum spool_flags {
   SPOOL_F_8BITMIME = 1u << 0, /* received with BODY=8BITMIME */
   SPOOL_F_DSN = 1u << 1,      /* this message is a delivery status notification */
+  SPOOL_F_PLAIN = 1u << 2,    /* the copy split off for recipients without encryption keys
+                                 (missing_key_action: split): signed at most, never encrypted */
 };
 /* Every flag this version knows; a reader refuses others, so a new flag must
  * be added here (and, if old readers must not see it, bump the version). */
-#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN)
+#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN | SPOOL_F_PLAIN)
 
 /* Envelope of a queued message.  Strings are NUL-terminated. */
 struct spool_envelope {

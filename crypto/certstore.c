@@ -332,6 +332,23 @@ static int certstore__need(const struct certstore *s, const char *name, const ch
   return 0;
 }
 
+/* R12: a signing certificate allows digitalSignature and nonRepudiation
+ * (or has no key usage); RSA-PSS needs an RSA key. */
+static int certstore__fits_signing(const struct certstore_entry *e, const struct config_sending_profile *p,
+                                   const char *where, char *err, size_t errlen) {
+  const struct certstore_key *k = &e->keys[0];
+  if (!(cert_uses(k->cert) & CERT_USE_SIGN)) {
+    snprintf(err, errlen, "%s: certificate '%s' may not sign: its key usage lacks digitalSignature or "
+             "nonRepudiation (R12)", where, e->name);
+    return SG_ECONFIG;
+  }
+  if (p->signature == CONFIG_SIG_RSA_PSS && k->key_type != HSM_KEY_RSA) {
+    snprintf(err, errlen, "%s: signature rsa-pss needs an RSA key, and certificate '%s' has an EC key", where, e->name);
+    return SG_ECONFIG;
+  }
+  return 0;
+}
+
 int certstore_check_config(const struct certstore *s, const struct config *cfg, char *err, size_t errlen) {
   char where[200];
   int rc = 0;
@@ -339,6 +356,8 @@ int certstore_check_config(const struct certstore *s, const struct config *cfg, 
     const struct config_sending_profile *p = &cfg->sending_profiles[i];
     snprintf(where, sizeof where, "sending profile '%s'", p->name);
     if (p->signing_certificate) rc = certstore__need(s, p->signing_certificate, where, err, errlen);
+    if (rc == 0 && p->signing_certificate && p->mode != CONFIG_MODE_ENCRYPT)
+      rc = certstore__fits_signing(certstore_find(s, p->signing_certificate), p, where, err, errlen);
   }
   for (size_t i = 0; rc == 0 && i < cfg->n_listeners; i++) {
     snprintf(where, sizeof where, "listener '%s'", cfg->listeners[i].name);

@@ -22,6 +22,7 @@
 #include "core/sgerr.h"
 #include "crypto/certstore.h"
 #include "crypto/cryptopool.h"
+#include "crypto/keystore.h"
 #include "hsm/hsm.h"
 #include "hsm/hsm_backup.h"
 #include "hsm/hsm_server.h"
@@ -32,6 +33,8 @@
 struct keyring {
   struct hsm_server *server; /* remote mode only */
   struct hsm *hsm;
+  struct keystore *keys;     /* others' public keys, read-only */
+  pthread_rwlock_t pool_lock; /* submitters read, a reconnect writes */
   struct cryptopool *pool;
   pthread_mutex_t mu;        /* guards certs */
   struct certstore *certs;
@@ -95,6 +98,7 @@ int keyring_start(const struct config *cfg, struct keyring **out, char *err, siz
   struct keyring *k = calloc(1, sizeof *k);
   if (!k) return SG_ENOMEM;
   pthread_mutex_init(&k->mu, NULL);
+  pthread_rwlock_init(&k->pool_lock, NULL);
   *out = k;
   char hsm_dir[4096], run_dir[4200];
   certstore_hsm_dir(cfg, hsm_dir, sizeof hsm_dir);
@@ -125,14 +129,21 @@ static void keyring__alerts(const struct certstore *s) {
  * restart (only workers reconnect): rebuild token and workers.  Jobs still
  * queued run first and fail as "token unreachable" (retryable). */
 static int keyring__reconnect(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
-  cryptopool_stop(k->pool);
+  pthread_rwlock_wrlock(&k->pool_lock); /* shards submitting now get SG_ETEMP */
+  struct cryptopool *old = k->pool;
   k->pool = NULL;
+  pthread_rwlock_unlock(&k->pool_lock);
+  cryptopool_stop(old);
   hsm_close(k->hsm);
   k->hsm = NULL;
   struct hsm_params p;
   certstore_hsm_params(cfg, hsm_server_address(k->server), &p);
   int rc = hsm_open(&p, &k->hsm, err, errlen);
-  if (rc == 0) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
+  struct cryptopool *pool = NULL;
+  if (rc == 0) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &pool, err, errlen);
+  pthread_rwlock_wrlock(&k->pool_lock);
+  k->pool = pool;
+  pthread_rwlock_unlock(&k->pool_lock);
   if (rc == 0) log_info("reconnected to the token server");
   return rc;
 }
@@ -168,6 +179,11 @@ int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t 
   if (rc == 0) rc = keyring_reload(k, cfg, err, errlen);
   /* keyring_reload may have reconnected, and started the workers then. */
   if (rc == 0 && !k->pool) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
+  if (rc == 0) {
+    char kerr[256];
+    if (keystore_open(cfg->key_store, false, &k->keys, kerr, sizeof kerr) != 0)
+      log_warn("key store %s: %s (no recipient has an encryption key)", cfg->key_store, kerr);
+  }
   if (rc == 0) log_info("crypto workers: %u", cryptopool_size(k->pool));
   return rc;
 }
@@ -242,12 +258,49 @@ int keyring_check(struct keyring *k, const char *name, unsigned long count, stru
   return failed ? SG_EIO : 0;
 }
 
+int keyring_signer(struct keyring *k, const char *name, struct outgoing_signer *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&k->mu);
+  const struct certstore_entry *e = certstore_find(k->certs, name);
+  const struct certstore_key *key = e && e->n_keys && e->keys[0].cert && e->keys[0].has_private ? &e->keys[0] : NULL;
+  if (key) {
+    out->ref = key->ref;
+    out->cert = key->cert;
+    X509_up_ref(out->cert);
+    out->chain = X509_chain_up_ref(key->chain);
+  }
+  pthread_mutex_unlock(&k->mu);
+  if (key && !out->chain) {
+    keyring_signer_free(out);
+    return SG_ENOMEM;
+  }
+  return key ? 0 : SG_ENOTFOUND;
+}
+
+void keyring_signer_free(struct outgoing_signer *s) {
+  X509_free(s->cert);
+  sk_X509_pop_free(s->chain, X509_free);
+  memset(s, 0, sizeof *s);
+}
+
+struct keystore *keyring_keystore(struct keyring *k) { return k->keys; }
+
+int keyring_submit(struct keyring *k, struct cryptopool_job *job) {
+  pthread_rwlock_rdlock(&k->pool_lock);
+  int rc = k->pool ? 0 : SG_ETEMP;
+  if (k->pool) cryptopool_submit(k->pool, job);
+  pthread_rwlock_unlock(&k->pool_lock);
+  return rc;
+}
+
 void keyring_stop(struct keyring *k) {
   if (!k) return;
   cryptopool_stop(k->pool);
+  keystore_close(k->keys);
   certstore_free(k->certs);
   hsm_close(k->hsm);
   hsm_server_stop(k->server);
   pthread_mutex_destroy(&k->mu);
+  pthread_rwlock_destroy(&k->pool_lock);
   free(k);
 }

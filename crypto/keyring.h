@@ -21,6 +21,8 @@
 
 #include "core/buf.h"
 #include "core/config.h"
+#include "crypto/cryptopool.h"
+#include "crypto/outgoing.h"
 
 struct keyring;
 
@@ -42,6 +44,22 @@ int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_
  * in out. */
 int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out,
                   char *err, size_t errlen);
+
+/* ---- for the mail path (any thread) ---- */
+
+/* The current key pair and certificates of name, up-referenced into *out
+ * (free with keyring_signer_free).  SG_ENOTFOUND if the token has no
+ * certificate of that name. */
+int keyring_signer(struct keyring *k, const char *name, struct outgoing_signer *out);
+void keyring_signer_free(struct outgoing_signer *s);
+
+/* The key store of others' public keys (read-only, may be NULL if it
+ * could not be opened: then nobody has a key). */
+struct keystore *keyring_keystore(struct keyring *k);
+
+/* Run job on a crypto worker.  SG_ETEMP while the workers are being
+ * rebuilt (the job is not run: retry later). */
+int keyring_submit(struct keyring *k, struct cryptopool_job *job);
 
 /* Stop workers, close the token, stop the token server.  NULL is a no-op. */
 void keyring_stop(struct keyring *k);

@@ -1,1 +1,536 @@
-/* placeholder: being written */
+/*
+ * mime - split a message into its RFC 5322 header and its MIME entity, and
+ * put the entity in the canonical form S/MIME signs (RFC 8551 3.1): CRLF
+ * line ends, 7-bit, no line over 998 octets.  See mime.h for the API.
+ *
+ * Owns: the header/body split rules, the fast path (one pass, no parser)
+ * and the re-encoding path (GMime 3).  Trusts nothing in the message: it
+ * comes from any SMTP client.  Trusts GMime to parse without crashing, but
+ * not to produce canonical output: every GMime result is checked again
+ * before it is returned, and refused (SG_EINVAL) if it breaks the rules,
+ * since a non-canonical entity would give a signature that fails later.
+ *
+ * Rules that the RFCs leave open, decided here:
+ *  - A line ends at CRLF, at a lone LF and at a lone CR; each becomes CRLF.
+ *  - The header block ends at the first empty line.  It also ends before
+ *    the first line that is neither a "Name: value" field nor a
+ *    continuation of one (RFC 5322 allows nothing else there): that line
+ *    and all after it are the body.  So a message whose first line is not
+ *    a field has no header at all, and one without an empty line is all
+ *    header if every line is a field.
+ *  - MIME-Version is dropped from both halves (the S/MIME composer adds
+ *    its own); Content-* fields go to the entity; all others stay outside.
+ *  - No Content-Type: "text/plain; charset=us-ascii" (RFC 2045 default).
+ *    If the body is not 7-bit, the message is non-conforming and we guess:
+ *    "text/plain; charset=utf-8" when it is valid UTF-8, else
+ *    "application/octet-stream".
+ *  - Re-encoding: a text/* leaf becomes quoted-printable, unless it holds
+ *    NUL bytes or at least 17 % 8-bit bytes (GMime's own threshold), where
+ *    base64 is smaller; other leaves become base64.  Text is put in CRLF
+ *    form before it is encoded (RFC 8551 3.1.1); other content is encoded
+ *    byte for byte.  Header values with raw 8-bit bytes are re-encoded by
+ *    GMime (RFC 2047 words, RFC 2231 parameters).  Leaves already in
+ *    base64 or quoted-printable are kept unless their encoded form itself
+ *    breaks the rules.
+ */
+#include "crypto/mime.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <gmime/gmime.h>
+
+#include "core/buf.h"
+#include "core/sgerr.h"
+
+#define MIME_MAX_LINE 998
+
+static pthread_once_t mime_once = PTHREAD_ONCE_INIT;
+
+static void mime_init_once(void) { g_mime_init(); }
+
+void mime_init(void) { pthread_once(&mime_once, mime_init_once); }
+
+/* ------------------------------------------------------------------------ */
+/* Lines and byte statistics                                                 */
+
+/* Length of the line at p (at most n bytes), without its line end.
+ * *eol_out: 2 for CRLF, 1 for a lone LF or a lone CR, 0 at end of input. */
+static size_t line_next(const char *p, size_t n, size_t *eol_out) {
+  size_t i = 0;
+  while (i < n && p[i] != '\n' && p[i] != '\r') i++;
+  if (i == n) *eol_out = 0;
+  else if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') *eol_out = 2;
+  else *eol_out = 1;
+  return i;
+}
+
+/* What one pass over some bytes learned; enough to decide whether they are
+ * canonical and whether the MIME limits could possibly be exceeded. */
+struct scan {
+  size_t total;      /* octets, line ends excluded */
+  size_t high;       /* octets >= 0x80 */
+  size_t nul;        /* NUL octets */
+  size_t maxline;    /* longest line, line end excluded */
+  size_t odd_eols;   /* line ends other than CRLF */
+  size_t lone_crs;   /* of which lone CRs */
+  size_t dashes;     /* lines starting with "--" (boundary candidates) */
+  size_t containers; /* "multipart" or "message" anywhere, any case */
+  bool cte_8bit;     /* a Content-Transfer-Encoding line says 8bit/binary */
+};
+
+static bool has_prefix_ci(const char *p, size_t n, const char *prefix) {
+  size_t k = strlen(prefix);
+  return n >= k && strncasecmp(p, prefix, k) == 0;
+}
+
+/* A token test, not a parse: these lines can only make the fast path give
+ * way to the exact (GMime) path, never make a wrong result. */
+static bool line_is_8bit_cte(const char *p, size_t n) {
+  static const char name[] = "content-transfer-encoding:";
+  if (!has_prefix_ci(p, n, name)) return false;
+  size_t i = sizeof name - 1;
+  while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+  return has_prefix_ci(p + i, n - i, "8bit") || has_prefix_ci(p + i, n - i, "binary");
+}
+
+static void scan_line(struct scan *st, const char *p, size_t n, size_t eol) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)p[i];
+    if (c >= 0x80) st->high++;
+    else if (c == 0) st->nul++;
+    else if ((c | 0x20) == 'm' && (has_prefix_ci(p + i, n - i, "multipart") ||
+                                   has_prefix_ci(p + i, n - i, "message")))
+      st->containers++;
+  }
+  st->total += n;
+  if (n > st->maxline) st->maxline = n;
+  if (eol == 1) { /* p[n] is the line end itself */
+    st->odd_eols++;
+    if (p[n] == '\r') st->lone_crs++;
+  }
+  if (n >= 2 && p[0] == '-' && p[1] == '-') st->dashes++;
+  if (n && (p[0] | 0x20) == 'c' && line_is_8bit_cte(p, n)) st->cte_8bit = true;
+}
+
+/* Scans n bytes as they are, without changing line ends. */
+static void scan_bytes(struct scan *st, const char *p, size_t n) {
+  while (n) {
+    size_t eol, k = line_next(p, n, &eol);
+    scan_line(st, p, k, eol);
+    p += k + eol;
+    n -= k + eol;
+  }
+}
+
+/* Appends n bytes with every line end made CRLF, scanning them on the way
+ * (st may be NULL).  The one pass of the fast path. */
+static int canon_append(struct buf *b, const char *p, size_t n, struct scan *st) {
+  int rc = buf_reserve(b, n + n / 8);
+  while (rc == 0 && n) {
+    size_t eol, k = line_next(p, n, &eol);
+    if (st) scan_line(st, p, k, eol);
+    rc = buf_append(b, p, k);
+    if (rc == 0 && eol) rc = buf_append(b, "\r\n", 2);
+    p += k + eol;
+    n -= k + eol;
+  }
+  return rc;
+}
+
+static bool scan_is_canonical(const struct scan *st) {
+  return st->high == 0 && st->nul == 0 && st->maxline <= MIME_MAX_LINE && st->odd_eols == 0;
+}
+
+/* The fast path may skip the parser only if no message these bytes could
+ * be parsed into can exceed the limits.  A part other than the root starts
+ * after a "--" line or is the body of a message part; a container needs a
+ * "multipart" or "message" token (a multipart/digest child is a message
+ * part without one, hence the factors of two). */
+static bool scan_within_limits(const struct scan *st) {
+  return 1 + 2 * st->containers <= MIME_MAX_DEPTH &&
+         1 + 2 * st->dashes + st->containers <= MIME_MAX_PARTS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Header block                                                             */
+
+/* "Name:" (RFC 5322 ftext, then optional WSP from the obsolete syntax). */
+static bool line_is_field(const char *p, size_t n) {
+  size_t i = 0;
+  while (i < n && p[i] > ' ' && p[i] < 0x7f && p[i] != ':') i++;
+  if (i == 0) return false;
+  while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+  return i < n && p[i] == ':';
+}
+
+static bool field_is(const char *p, size_t n, const char *name) {
+  if (!has_prefix_ci(p, n, name)) return false;
+  size_t i = strlen(name);
+  while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+  return i < n && p[i] == ':';
+}
+
+struct header_split {
+  struct buf outer;   /* CRLF-terminated fields that stay outside */
+  struct buf ehdr;    /* the entity's Content-* fields, CRLF-terminated */
+  bool has_type;      /* ehdr holds a Content-Type */
+  size_t body_off;    /* where the body starts in the message */
+};
+
+/* Walks the header block (see the rules at the top) and sorts each field,
+ * continuation lines included, into outer or ehdr. */
+static int header_split(const char *msg, size_t len, struct header_split *hs,
+                        struct scan *st) {
+  struct buf *dest = NULL;
+  bool in_field = false;
+  size_t i = 0;
+  int rc = 0;
+  while (rc == 0 && i < len) {
+    size_t eol, n = line_next(msg + i, len - i, &eol);
+    const char *line = msg + i;
+    if (n == 0) { /* the empty line ending the header */
+      i += eol;
+      break;
+    }
+    if (line[0] == ' ' || line[0] == '\t') {
+      if (!in_field) break;
+    } else if (line_is_field(line, n)) {
+      in_field = true;
+      if (field_is(line, n, "mime-version")) dest = NULL;
+      else if (has_prefix_ci(line, n, "content-")) dest = &hs->ehdr;
+      else dest = &hs->outer;
+      if (field_is(line, n, "content-type")) hs->has_type = true;
+    } else {
+      break; /* not a field: the body starts here */
+    }
+    if (dest) {
+      rc = canon_append(dest, line, n, dest == &hs->ehdr ? st : NULL);
+      if (rc == 0) rc = buf_append(dest, "\r\n", 2);
+    }
+    i += n + eol;
+  }
+  hs->body_off = i;
+  return rc;
+}
+
+/* RFC 2045 default, or our guess for a non-conforming 8-bit body. */
+static const char *default_type(const char *body, size_t n) {
+  struct scan st = {0};
+  scan_bytes(&st, body, n);
+  if (st.high == 0 && st.nul == 0) return "text/plain; charset=us-ascii";
+  if (g_utf8_validate_len(body, n, NULL)) return "text/plain; charset=utf-8";
+  return "application/octet-stream";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Re-encoding with GMime                                                   */
+
+struct walk {
+  int parts;
+  bool changed;
+};
+
+/* Bytes of a stream, or of a data wrapper's decoded content. */
+static GByteArray *stream_bytes(GMimeStream *s) {
+  GByteArray *ba = g_byte_array_new();
+  GMimeStream *mem = g_mime_stream_mem_new_with_byte_array(ba);
+  g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
+  g_mime_stream_reset(s);
+  g_mime_stream_write_to_stream(s, mem);
+  g_mime_stream_reset(s);
+  g_object_unref(mem);
+  return ba;
+}
+
+static GByteArray *decoded_bytes(GMimeDataWrapper *w) {
+  GByteArray *ba = g_byte_array_new();
+  GMimeStream *mem = g_mime_stream_mem_new_with_byte_array(ba);
+  g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
+  g_mime_data_wrapper_write_to_stream(w, mem);
+  g_object_unref(mem);
+  return ba;
+}
+
+/* Raw 8-bit header values would break 7-bit output; GMime re-encodes a
+ * value it is given decoded (RFC 2047 words, RFC 2231 parameters). */
+static void walk_headers(GMimeObject *o, struct walk *w) {
+  GMimeHeaderList *hl = g_mime_object_get_header_list(o);
+  int n = g_mime_header_list_get_count(hl);
+  for (int i = 0; i < n; i++) {
+    GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
+    const char *raw = g_mime_header_get_raw_value(h);
+    struct scan st = {0};
+    if (raw) scan_bytes(&st, raw, strlen(raw));
+    if (st.high == 0) continue;
+    char *value = g_strdup(g_mime_header_get_value(h));
+    g_mime_header_set_value(h, NULL, value ? value : "", "utf-8");
+    g_free(value);
+    w->changed = true;
+  }
+}
+
+/* A multipart or message/rfc822 may only be 7bit, 8bit or binary (RFC 2045
+ * 6.4); once its leaves are 7-bit, so is it. */
+static void walk_container_cte(GMimeObject *o, struct walk *w) {
+  const char *cte = g_mime_object_get_header(o, "Content-Transfer-Encoding");
+  if (!cte) return;
+  while (*cte == ' ' || *cte == '\t') cte++;
+  if (strncasecmp(cte, "8bit", 4) && strncasecmp(cte, "binary", 6)) return;
+  g_mime_object_set_header(o, "Content-Transfer-Encoding", "7bit", NULL);
+  w->changed = true;
+}
+
+/* Replaces a leaf's content with data (decoded), to be written in enc. */
+static void leaf_set_content(GMimePart *part, GByteArray *data, bool text,
+                             GMimeContentEncoding enc) {
+  struct buf canon = BUF_INIT;
+  const char *p = (const char *)data->data;
+  size_t n = data->len;
+  if (text && canon_append(&canon, p, n, NULL) == 0) {
+    p = canon.data;
+    n = canon.len;
+  }
+  GMimeStream *s = g_mime_stream_mem_new_with_buffer(p ? p : "", n);
+  GMimeDataWrapper *dw = g_mime_data_wrapper_new_with_stream(s, GMIME_CONTENT_ENCODING_DEFAULT);
+  g_mime_part_set_content(part, dw);
+  g_mime_part_set_content_encoding(part, enc);
+  g_object_unref(dw);
+  g_object_unref(s);
+  buf_free(&canon);
+}
+
+/* Leaves whose encoded form is already canonical keep their bytes (only a
+ * false 8bit/binary label is corrected); the others are re-encoded. */
+static void walk_leaf(GMimePart *part, struct walk *w) {
+  GMimeDataWrapper *dw = g_mime_part_get_content(part);
+  GMimeContentEncoding enc = g_mime_part_get_content_encoding(part);
+  bool labelled_8bit = enc == GMIME_CONTENT_ENCODING_8BIT || enc == GMIME_CONTENT_ENCODING_BINARY;
+  GMimeStream *stream = dw ? g_mime_data_wrapper_get_stream(dw) : NULL;
+  if (!stream) return; /* no content: nothing to write */
+  GByteArray *raw = stream_bytes(stream);
+  struct scan st = {0};
+  scan_bytes(&st, (const char *)raw->data, raw->len);
+  g_byte_array_free(raw, TRUE);
+  /* Lone LFs are fine here: the DOS newline filter turns them into CRLF. */
+  if (st.high == 0 && st.nul == 0 && st.maxline <= MIME_MAX_LINE && st.lone_crs == 0) {
+    if (labelled_8bit) {
+      g_mime_part_set_content_encoding(part, GMIME_CONTENT_ENCODING_7BIT);
+      w->changed = true;
+    }
+    return;
+  }
+  GByteArray *data = decoded_bytes(dw);
+  memset(&st, 0, sizeof st);
+  scan_bytes(&st, (const char *)data->data, data->len);
+  GMimeContentType *ct = g_mime_object_get_content_type(GMIME_OBJECT(part));
+  bool text = ct && g_mime_content_type_is_type(ct, "text", "*");
+  bool qp = text && st.nul == 0 && (double)st.high < 0.17 * (double)(st.total ? st.total : 1);
+  leaf_set_content(part, data, text,
+                   qp ? GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE : GMIME_CONTENT_ENCODING_BASE64);
+  g_byte_array_free(data, TRUE);
+  w->changed = true;
+}
+
+/* Depth counts the root as 1; every object GMime built counts as a part,
+ * a message part's embedded message body included. */
+static int walk_object(GMimeObject *o, int depth, struct walk *w) {
+  if (++w->parts > MIME_MAX_PARTS || depth > MIME_MAX_DEPTH) return SG_ELIMIT;
+  walk_headers(o, w);
+  /* XXX a multipart/signed whose parts need re-encoding loses its inner
+   * signature; such a part was never valid for 7-bit transport anyway. */
+  if (GMIME_IS_MULTIPART(o)) {
+    GMimeMultipart *mp = GMIME_MULTIPART(o);
+    walk_container_cte(o, w);
+    int n = g_mime_multipart_get_count(mp);
+    for (int i = 0; i < n; i++) {
+      int rc = walk_object(g_mime_multipart_get_part(mp, i), depth + 1, w);
+      if (rc) return rc;
+    }
+  } else if (GMIME_IS_MESSAGE_PART(o)) {
+    GMimeMessage *m = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
+    walk_container_cte(o, w);
+    if (!m) return 0;
+    walk_headers(GMIME_OBJECT(m), w);
+    GMimeObject *body = g_mime_message_get_mime_part(m);
+    if (body) return walk_object(body, depth + 1, w);
+  } else if (GMIME_IS_PART(o)) {
+    walk_leaf(GMIME_PART(o), w);
+  }
+  return 0;
+}
+
+static int gmime_write(GMimeObject *o, struct buf *out) {
+  GByteArray *ba = g_byte_array_new();
+  GMimeStream *mem = g_mime_stream_mem_new_with_byte_array(ba);
+  g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(mem), FALSE);
+  GMimeFormatOptions *fo = g_mime_format_options_new();
+  g_mime_format_options_set_newline_format(fo, GMIME_NEWLINE_FORMAT_DOS);
+  ssize_t w = g_mime_object_write_to_stream(o, fo, mem);
+  g_mime_format_options_free(fo);
+  g_object_unref(mem);
+  int rc = w < 0 ? SG_EINVAL : buf_append(out, ba->data, ba->len);
+  g_byte_array_free(ba, TRUE);
+  return rc;
+}
+
+/* Parses the entity, re-encodes what needs it, writes it back and checks
+ * the result.  *changed_out: whether GMime changed anything at all. */
+static int gmime_reencode(const char *entity, size_t len, struct buf *out, bool *changed_out) {
+  GMimeStream *s = g_mime_stream_mem_new_with_buffer(entity, len);
+  GMimeParser *parser = g_mime_parser_new_with_stream(s);
+  GMimeObject *o = g_mime_parser_construct_part(parser, NULL);
+  struct walk w = {0, false};
+  int rc = o ? walk_object(o, 1, &w) : SG_EINVAL;
+  if (rc == 0 && w.changed) rc = gmime_write(o, out);
+  if (o) g_object_unref(o);
+  g_object_unref(parser);
+  g_object_unref(s);
+  *changed_out = w.changed;
+  if (rc || !w.changed) return rc;
+  /* GMime drops the line end after a multipart's epilogue. */
+  bool in_eol = len && (entity[len - 1] == '\n' || entity[len - 1] == '\r');
+  bool out_eol = out->len >= 2 && memcmp(out->data + out->len - 2, "\r\n", 2) == 0;
+  if (in_eol && !out_eol && (rc = buf_append(out, "\r\n", 2))) return rc;
+  struct scan st = {0};
+  scan_bytes(&st, out->data, out->len);
+  return scan_is_canonical(&st) ? 0 : SG_EINVAL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* mime_split                                                               */
+
+/* Entity headers (with a default Content-Type if there was none) and an
+ * empty line; the body follows. */
+static int entity_head(struct buf *e, const struct header_split *hs, const char *body,
+                       size_t body_len, struct scan *st) {
+  int rc = buf_append(e, hs->ehdr.data, hs->ehdr.len);
+  if (rc == 0 && !hs->has_type) {
+    rc = buf_appendf(e, "Content-Type: %s\r\n", default_type(body, body_len));
+    if (st) scan_bytes(st, e->data + hs->ehdr.len, e->len - hs->ehdr.len);
+  }
+  if (rc == 0) rc = buf_append(e, "\r\n", 2);
+  return rc;
+}
+
+/* The slow path: the raw body (binary parts must keep their bytes), so
+ * the canonical one just built is replaced. */
+static int split_slow(const struct header_split *hs, const char *body, size_t body_len,
+                      struct buf *canon, bool *reencoded_out) {
+  struct buf raw = BUF_INIT, out = BUF_INIT;
+  bool changed = false;
+  int rc = entity_head(&raw, hs, body, body_len, NULL);
+  if (rc == 0) rc = buf_append(&raw, body, body_len);
+  if (rc == 0) rc = gmime_reencode(raw.data, raw.len, &out, &changed);
+  if (rc == 0 && !changed) {
+    /* Only the limits had to be checked: keep the canonical bytes, unless
+     * they needed changes GMime did not make. */
+    struct scan st = {0};
+    scan_bytes(&st, canon->data, canon->len);
+    if (!scan_is_canonical(&st)) rc = SG_EINVAL;
+  } else if (rc == 0) {
+    buf_free(canon);
+    *canon = out;
+    out = (struct buf)BUF_INIT;
+  }
+  *reencoded_out = changed;
+  buf_free(&raw);
+  buf_free(&out);
+  return rc;
+}
+
+int mime_split(const char *msg, size_t len, struct mime_split *out) {
+  memset(out, 0, sizeof *out);
+  if (!msg && len) return SG_EINVAL;
+  if (!msg) msg = "";
+  mime_init();
+  struct header_split hs = {BUF_INIT, BUF_INIT, false, 0};
+  struct buf entity = BUF_INIT;
+  struct scan st = {0};
+  int rc = header_split(msg, len, &hs, &st);
+  const char *body = msg + hs.body_off;
+  size_t body_len = len - hs.body_off;
+  if (rc == 0) rc = entity_head(&entity, &hs, body, body_len, &st);
+  if (rc == 0) rc = canon_append(&entity, body, body_len, &st);
+  bool fast = rc == 0 && st.high == 0 && st.nul == 0 && st.maxline <= MIME_MAX_LINE &&
+              !st.cte_8bit && scan_within_limits(&st);
+  if (rc == 0 && !fast) rc = split_slow(&hs, body, body_len, &entity, &out->reencoded);
+  if (rc == 0) out->outer = buf_steal(&hs.outer, &out->outer_len);
+  if (rc == 0 && out->outer) out->entity = buf_steal(&entity, &out->entity_len);
+  if (rc == 0 && !out->entity) rc = SG_ENOMEM;
+  buf_free(&hs.outer);
+  buf_free(&hs.ehdr);
+  buf_free(&entity);
+  if (rc) mime_split_free(out);
+  return rc;
+}
+
+void mime_split_free(struct mime_split *s) {
+  if (!s) return;
+  free(s->outer);
+  free(s->entity);
+  memset(s, 0, sizeof *s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* mime_from_address                                                        */
+
+/* The unfolded value of the first From: field, or NULL. */
+static char *from_value(const char *p, size_t n) {
+  struct buf v = BUF_INIT;
+  bool in_from = false;
+  while (n) {
+    size_t eol, k = line_next(p, n, &eol);
+    bool cont = k && (p[0] == ' ' || p[0] == '\t');
+    if (in_from && !cont) break;
+    if (!in_from && !cont && field_is(p, k, "from")) {
+      const char *colon = memchr(p, ':', k);
+      in_from = true;
+      k -= (size_t)(colon + 1 - p);
+      p = colon + 1;
+    }
+    /* Unfolding is removing the line ends (RFC 5322 2.2.3). */
+    if (in_from && buf_append(&v, p, k)) break;
+    p += k + eol;
+    n -= k + eol;
+  }
+  if (!in_from) return NULL;
+  return buf_steal(&v, NULL);
+}
+
+/* The first mailbox of a list, looking inside groups. */
+static const char *first_addr(InternetAddressList *list) {
+  int n = list ? internet_address_list_length(list) : 0;
+  for (int i = 0; i < n; i++) {
+    InternetAddress *a = internet_address_list_get_address(list, i);
+    if (INTERNET_ADDRESS_IS_MAILBOX(a))
+      return internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(a));
+    const char *in = first_addr(internet_address_group_get_members(INTERNET_ADDRESS_GROUP(a)));
+    if (in) return in;
+  }
+  return NULL;
+}
+
+void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t cap) {
+  if (!buf || cap == 0) return;
+  buf[0] = '\0';
+  if (!outer) return;
+  mime_init();
+  char *value = from_value(outer, outer_len);
+  if (!value) return;
+  InternetAddressList *list = internet_address_list_parse(NULL, value);
+  const char *addr = first_addr(list);
+  size_t n = addr ? strlen(addr) : 0;
+  /* A cut address would name another mailbox: all or nothing. */
+  if (n && n < cap) {
+    memcpy(buf, addr, n + 1);
+    char *at = strrchr(buf, '@');
+    for (char *c = at; c && *c; c++)
+      if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+  }
+  if (list) g_object_unref(list);
+  free(value);
+}

@@ -34,7 +34,8 @@
 
 #include "core/buf.h"
 
-enum smime_sign_mode { SMIME_DETACHED = 0, SMIME_OPAQUE = 1 };
+/* (SMIME_DETACHED is taken: OpenSSL defines it as a PKCS7 flag.) */
+enum smime_sign_mode { SMIME_SIGN_DETACHED = 0, SMIME_SIGN_OPAQUE = 1 };
 enum smime_signature { SMIME_SIG_PKCS1 = 0, SMIME_SIG_PSS = 1 };      /* RSA only */
 enum smime_cipher { SMIME_AES256_CBC = 0, SMIME_AES256_GCM = 1 };
 enum smime_key_transport { SMIME_KT_PKCS1 = 0, SMIME_KT_OAEP = 1 };  /* RSA recipients */

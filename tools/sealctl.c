@@ -53,9 +53,14 @@ static void ctl_usage(FILE *f) {
           "  cert restore FILE --password-file F [--replace]\n"
           "  cert check NAME [--count N]   sign through the token and verify\n"
           "  alerts list           certificates expiring within 30 days\n"
+          "  pubkey add NAME FILE.pem   others' certificate (explicit trust: no chain check)\n"
+          "  pubkey list | show NAME | delete NAME\n"
+          "  pubkey export FILE | import FILE   all public keys as text (\"-\" = stdout/stdin)\n"
+          "  ca import NAME FILE.pem   a CA list for verifying incoming mail\n"
+          "  ca list | delete NAME\n"
           "Global options -c and --json may stand anywhere. Exit 0 success,\n"
           "1 failed operation, 2 bad usage.\n"
-          "Commands of later issues (pubkey, harvested, ca, quarantine, profile)\n"
+          "Commands of later issues (harvested, quarantine, profile)\n"
           "are not available in this version.\n");
 }
 
@@ -82,6 +87,20 @@ int ctl_request(const struct config *cfg, const char *cmd, struct buf *out) {
   else if (rc == SG_EINVAL) fprintf(stderr, "sealctl: %s: %.*s\n", cmd, (int)out->len, out->data ? out->data : "");
   else if (rc) fprintf(stderr, "sealctl: %s: %s\n", cmd, sgerr_str(rc));
   return rc;
+}
+
+/* Quiet when no daemon runs: the change is on disk and a starting daemon
+ * reads it anyway. */
+void ctl_notify_daemon(const struct config *cfg) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/control.sock", cfg->dir);
+  struct buf out = BUF_INIT;
+  int rc = control_request(path, "keys reload", CTL_TIMEOUT_MS, &out);
+  if (rc == 0) printf("the running daemon reloaded its keys\n");
+  else if (rc != SG_ENOTFOUND)
+    fprintf(stderr, "sealctl: warning: the running daemon did not reload its keys: %.*s\n", (int)out.len,
+            out.data ? out.data : sgerr_str(rc));
+  buf_free(&out);
 }
 
 void ctl_json_str(FILE *f, const char *s) {
@@ -417,7 +436,7 @@ int main(int argc, char **argv) {
   }
   if (c.argc == 0) return ctl_usage_error("no command given%s", "");
   const char *cmd = c.argv[0];
-  static const char *later[] = {"pubkey", "harvested", "ca", "quarantine", "profile"};
+  static const char *later[] = {"harvested", "quarantine", "profile"};
   int rc;
   if (strcmp(cmd, "init") == 0) rc = ctl_init(&c);
   else if (strcmp(cmd, "config") == 0) rc = ctl_config(&c);
@@ -425,6 +444,8 @@ int main(int argc, char **argv) {
   else if (strcmp(cmd, "queue") == 0) rc = ctl_queue(&c);
   else if (strcmp(cmd, "cert") == 0) rc = ctl_cert(&c);
   else if (strcmp(cmd, "alerts") == 0) rc = ctl_alerts(&c);
+  else if (strcmp(cmd, "pubkey") == 0) rc = ctl_pubkey(&c);
+  else if (strcmp(cmd, "ca") == 0) rc = ctl_ca(&c);
   else {
     rc = -1;
     for (size_t i = 0; i < sizeof later / sizeof *later; i++)

@@ -1,2 +1,3 @@
-add_executable(sealctl ${CMAKE_CURRENT_LIST_DIR}/sealctl.c ${CMAKE_CURRENT_LIST_DIR}/sealctl_cert.c)
-target_link_libraries(sealctl PRIVATE sg_config sg_control sg_spool sg_crypto ${SEALGATE_MALLOC_LIBS})
+add_executable(sealctl ${CMAKE_CURRENT_LIST_DIR}/sealctl.c ${CMAKE_CURRENT_LIST_DIR}/sealctl_cert.c
+               ${CMAKE_CURRENT_LIST_DIR}/sealctl_pubkey.c)
+target_link_libraries(sealctl PRIVATE sg_config sg_control sg_spool sg_crypto sg_keystore ${SEALGATE_MALLOC_LIBS})

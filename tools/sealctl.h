@@ -1,7 +1,7 @@
 /*
  * sealctl - shared pieces of the admin command line (sealctl.c holds
  * main, init, config, queue and reload; sealctl_cert.c the certificate
- * and alert commands).  Exit codes: 0 success, 1 failed operation, 2 bad
+ * and alert commands; sealctl_pubkey.c the public key and CA commands).  Exit codes: 0 success, 1 failed operation, 2 bad
  * usage.
  */
 #ifndef SEALGATE_SEALCTL_H
@@ -30,6 +30,9 @@ int ctl_load(const struct ctl *c, struct config **out);
 /* One control-socket request; SG_ENOTFOUND when no daemon runs (printed). */
 int ctl_request(const struct config *cfg, const char *cmd, struct buf *out);
 void ctl_json_str(FILE *f, const char *s);
+/* After a store changed: "keys reload" to a running daemon (quiet when
+ * none runs; a warning when it refused). */
+void ctl_notify_daemon(const struct config *cfg);
 /* Write path atomically (tmp, fsync, rename) with mode. */
 int ctl_write_file(const char *path, const char *text, mode_t mode);
 
@@ -37,6 +40,8 @@ int ctl_cert(const struct ctl *c);
 /* config check's token half: the token opens and fits the config. */
 int ctl_check_token(const struct config *cfg, char *err, size_t errlen);
 int ctl_alerts(const struct ctl *c);
+int ctl_pubkey(const struct ctl *c);
+int ctl_ca(const struct ctl *c);
 /* init's token and org certificate (sealctl_cert.c). */
 int ctl_init_token(const char *dir, const char *domain, const char *org, const char *hsm,
                    const char *key_type);

@@ -139,17 +139,7 @@ static void ctl_tok_close(struct ctl_tok *t, bool changed) {
   hsm_close(t->hsm);
   if (changed) ctl_tok_fix_owner(t->hsm_dir);
   if (t->lock >= 0) close(t->lock);
-  if (changed) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/control.sock", t->cfg->dir);
-    struct buf out = BUF_INIT;
-    int rc = control_request(path, "keys reload", CTL_TIMEOUT_MS, &out);
-    if (rc == 0) printf("the running daemon reloaded its keys\n");
-    else if (rc != SG_ENOTFOUND)
-      fprintf(stderr, "sealctl: warning: the running daemon did not reload its keys: %.*s\n",
-              (int)out.len, out.data ? out.data : sgerr_str(rc));
-    buf_free(&out);
-  }
+  if (changed) ctl_notify_daemon(t->cfg);
   config_unref(t->cfg);
 }
 

@@ -107,6 +107,7 @@ static void print_flags(uint32_t flags) {
   printf("flags:       0x%08x", flags);
   if (flags & SPOOL_F_8BITMIME) printf(" 8BITMIME");
   if (flags & SPOOL_F_DSN) printf(" DSN");
+  if (flags & SPOOL_F_PLAIN) printf(" PLAIN");
   printf("\n");
 }
 

@@ -1,0 +1,155 @@
+/*
+ * outgoing - one message through a sending profile (outgoing.h).
+ *
+ * The layers are made innermost first, each an entity for the next:
+ * sign; encrypt; sign-encrypt = encrypt(sign); triple = sign(encrypt(sign)).
+ * Recipient keys are looked up before any private-key operation, so a
+ * message that will bounce or be split costs no token work.
+ */
+#include "crypto/outgoing.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/sgerr.h"
+#include "crypto/keystore.h"
+#include "crypto/mime.h"
+#include "crypto/smime.h"
+
+const char *outgoing_action(const struct config_sending_profile *p, bool plain_copy) {
+  bool signs = p->mode != CONFIG_MODE_ENCRYPT;
+  if (plain_copy) return signs ? "sign" : "relay";
+  static const char *names[] = {"sign", "encrypt", "sign-encrypt", "triple"};
+  return names[p->mode];
+}
+
+void outgoing_result_free(struct outgoing_result *res) {
+  buf_free(&res->out);
+  free(res->keyed);
+  res->keyed = NULL;
+}
+
+static void outgoing__set(struct outgoing_result *res, enum outgoing_status st, const char *fmt,
+                          const char *detail) {
+  res->status = st;
+  snprintf(res->reason, sizeof res->reason, fmt, detail);
+}
+
+/* Every recipient's certificate into *certs_out; false (and keyed[] filled)
+ * when one or more have none. */
+static bool outgoing__keys(const struct outgoing_request *rq, struct outgoing_result *res,
+                           STACK_OF(X509) **certs_out) {
+  STACK_OF(X509) *certs = sk_X509_new_null();
+  res->keyed = calloc(rq->n_rcpts ? rq->n_rcpts : 1, sizeof *res->keyed);
+  res->n_keyed = rq->n_rcpts;
+  bool all = certs && res->keyed;
+  for (size_t i = 0; res->keyed && certs && i < rq->n_rcpts; i++) {
+    X509 *x = NULL;
+    if (rq->keys && keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x) == 0 && sk_X509_push(certs, x)) {
+      res->keyed[i] = true;
+    } else {
+      X509_free(x);
+      all = false;
+    }
+  }
+  if (!all) {
+    sk_X509_pop_free(certs, X509_free);
+    certs = NULL;
+  }
+  *certs_out = certs;
+  return all;
+}
+
+struct outgoing_layers {
+  struct hsm_worker *w;
+  const struct outgoing_request *rq;
+  struct outgoing_result *res;
+  struct smime_signer signer;
+  STACK_OF(X509) *certs;
+  struct buf bufs[3];
+  int next;
+};
+
+/* Sign in into the next buffer; a failed private-key operation is a
+ * token outage (retry) or a signing failure (R25, bounce). */
+static int outgoing__sign(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
+  char err[256];
+  *out = &L->bufs[L->next++];
+  enum smime_sign_mode sm = L->rq->profile->sign_mode == CONFIG_SIGN_OPAQUE ? SMIME_SIGN_OPAQUE : SMIME_SIGN_DETACHED;
+  int rc = smime_sign(in->data, in->len, &L->signer, sm, *out, err, sizeof err);
+  if (rc == 0) return 0;
+  if (hsm_worker_check(L->w) == SG_ETEMP) outgoing__set(L->res, OUTGOING_TEMP, "token unreachable: %s", err);
+  else outgoing__set(L->res, OUTGOING_FAIL, "signing failed: %s", err);
+  return rc;
+}
+
+static int outgoing__encrypt(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
+  char err[256];
+  *out = &L->bufs[L->next++];
+  enum smime_cipher c = L->rq->profile->encryption == CONFIG_ENC_AES256_GCM ? SMIME_AES256_GCM : SMIME_AES256_CBC;
+  enum smime_key_transport kt = L->rq->profile->key_transport == CONFIG_KT_RSA_OAEP ? SMIME_KT_OAEP : SMIME_KT_PKCS1;
+  int rc = smime_encrypt(in->data, in->len, L->certs, c, kt, *out, err, sizeof err);
+  if (rc) outgoing__set(L->res, OUTGOING_FAIL, "encryption failed: %s", err);
+  return rc;
+}
+
+/* The layers of the profile's mode over entity; *final_out is the outermost. */
+static int outgoing__wrap(struct outgoing_layers *L, const struct buf *entity, const struct buf **final_out) {
+  enum config_mode mode = L->rq->profile->mode;
+  bool signs = mode != CONFIG_MODE_ENCRYPT, encrypts = !L->rq->plain_copy && mode != CONFIG_MODE_SIGN;
+  struct buf *cur = (struct buf *)entity, *next;
+  int rc = 0;
+  if (signs && (rc = outgoing__sign(L, cur, &next)) == 0) cur = next;
+  if (rc == 0 && encrypts && (rc = outgoing__encrypt(L, cur, &next)) == 0) cur = next;
+  if (rc == 0 && encrypts && mode == CONFIG_MODE_TRIPLE && (rc = outgoing__sign(L, cur, &next)) == 0) cur = next;
+  *final_out = cur;
+  return rc;
+}
+
+/* The signer's key from the token; TEMP when it cannot be reached. */
+static int outgoing__signer(struct outgoing_layers *L) {
+  const struct outgoing_signer *s = L->rq->signer;
+  if (!s || !s->cert) {
+    outgoing__set(L->res, OUTGOING_FAIL, "signing failed: %s", "no signing certificate");
+    return SG_ENOTFOUND;
+  }
+  int rc = L->w ? hsm_worker_pkey(L->w, &s->ref, &L->signer.key) : SG_ETEMP;
+  if (rc == SG_ETEMP) outgoing__set(L->res, OUTGOING_TEMP, "token unreachable (%s)", s->ref.label);
+  else if (rc) outgoing__set(L->res, OUTGOING_FAIL, "signing failed: key '%s' not usable in the token", s->ref.label);
+  L->signer.cert = s->cert;
+  L->signer.chain = s->chain;
+  L->signer.signature = L->rq->profile->signature == CONFIG_SIG_RSA_PSS ? SMIME_SIG_PSS : SMIME_SIG_PKCS1;
+  return rc;
+}
+
+void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, struct outgoing_result *res) {
+  memset(res, 0, sizeof *res);
+  const struct config_sending_profile *p = rq->profile;
+  res->action = outgoing_action(p, rq->plain_copy);
+  bool signs = p->mode != CONFIG_MODE_ENCRYPT, encrypts = !rq->plain_copy && p->mode != CONFIG_MODE_SIGN;
+  if (!signs && !encrypts) { /* the split-off copy of an encrypt-only profile */
+    res->status = buf_append(&res->out, rq->data, rq->len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
+    return;
+  }
+  struct outgoing_layers L = {.w = w, .rq = rq, .res = res};
+  if (encrypts && !outgoing__keys(rq, res, &L.certs)) {
+    res->status = OUTGOING_NOKEYS;
+    return;
+  }
+  struct mime_split ms = {0};
+  int rc = mime_split(rq->data, rq->len, &ms);
+  if (rc) outgoing__set(res, OUTGOING_FAIL, "the message cannot be processed: %s", sgerr_str(rc));
+  if (rc == 0 && signs) rc = outgoing__signer(&L);
+  const struct buf entity = {ms.entity, ms.entity_len, ms.entity_len};
+  const struct buf *final = NULL;
+  if (rc == 0) rc = outgoing__wrap(&L, &entity, &final);
+  if (rc == 0 && smime_compose(ms.outer, ms.outer_len, final->data, final->len, &res->out) != 0) {
+    outgoing__set(res, OUTGOING_TEMP, "%s", "out of memory");
+    rc = SG_ENOMEM;
+  }
+  if (rc == 0) res->status = OUTGOING_DONE;
+  for (int i = 0; i < 3; i++) buf_free(&L.bufs[i]);
+  sk_X509_pop_free(L.certs, X509_free);
+  mime_split_free(&ms);
+}
