@@ -31,6 +31,7 @@ struct daemon_main {
   struct daemon d;
   uv_loop_t loop;
   uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t keys_tick; /* keyring_tick: reconnect the token after a failed reload */
   struct control *ctl;
   char **keys; /* listener addresses currently bound */
   size_t n_keys;
@@ -346,6 +347,11 @@ static int daemon__start_shards(struct daemon_main *m) {
   return 0;
 }
 
+static void daemon__keys_tick(uv_timer_t *t) {
+  struct daemon_main *m = t->data;
+  if (m->d.keys) keyring_tick(m->d.keys);
+}
+
 static int daemon__start_main_loop(struct daemon_main *m) {
   if (uv_loop_init(&m->loop) != 0) return SG_EIO;
   m->loop_ready = true;
@@ -356,6 +362,9 @@ static int daemon__start_main_loop(struct daemon_main *m) {
     sigs[i]->data = m;
     uv_signal_start(sigs[i], daemon__on_signal, nums[i]);
   }
+  uv_timer_init(&m->loop, &m->keys_tick);
+  m->keys_tick.data = m;
+  uv_timer_start(&m->keys_tick, daemon__keys_tick, 1000, 1000);
   char path[4096];
   snprintf(path, sizeof path, "%s/control.sock", m->d.instance_dir);
   return control_listen(&m->loop, path, daemon__control, m, &m->ctl);

@@ -38,6 +38,7 @@ struct keyring {
   struct cryptopool *pool;
   pthread_mutex_t mu;        /* guards certs */
   struct certstore *certs;
+  struct config *cfg;        /* referenced: what a reconnect opens the token with */
 };
 
 /* Give the token files (hsm/tokens, softhsm2.conf) to uid:gid and let the
@@ -161,6 +162,9 @@ int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_
     return rc;
   }
   keyring__alerts(s);
+  config_ref((struct config *)cfg);
+  config_unref(k->cfg);
+  k->cfg = (struct config *)cfg;
   pthread_mutex_lock(&k->mu);
   struct certstore *old = k->certs;
   k->certs = s;
@@ -212,8 +216,15 @@ static void keyring__check_run(struct cryptopool_job *job, struct hsm_worker *w)
   pthread_mutex_unlock(c->mu);
 }
 
+void keyring_tick(struct keyring *k) {
+  if (!k->server || k->pool || !k->cfg) return;
+  char err[256];
+  if (keyring__reconnect(k, k->cfg, err, sizeof err) != 0) log_debug("hsm: still no token server: %s", err);
+}
+
 int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out, char *err,
                   size_t errlen) {
+  keyring_tick(k);
   if (!k->pool) {
     snprintf(err, errlen, "token unreachable (the token server is being restarted); try again");
     return SG_ETEMP;
@@ -298,6 +309,7 @@ void keyring_stop(struct keyring *k) {
   cryptopool_stop(k->pool);
   keystore_close(k->keys);
   certstore_free(k->certs);
+  config_unref(k->cfg);
   hsm_close(k->hsm);
   hsm_server_stop(k->server);
   pthread_mutex_destroy(&k->mu);

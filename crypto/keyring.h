@@ -39,6 +39,11 @@ int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t 
  * stays and err says why. */
 int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen);
 
+/* Main thread, about once a second: after a token server restart that a
+ * reload could not reconnect to (the server was still starting), try
+ * again, so the workers come back without anyone reloading. */
+void keyring_tick(struct keyring *k);
+
 /* `cert check NAME COUNT`: COUNT signatures with NAME's current key on the
  * crypto workers, each verified with the certificate; a one-line report
  * in out. */

@@ -24,7 +24,7 @@
  *    If the body is not 7-bit, the message is non-conforming and we guess:
  *    "text/plain; charset=utf-8" when it is valid UTF-8, else
  *    "application/octet-stream".
- *  - Re-encoding: a text/* leaf becomes quoted-printable, unless it holds
+ *  - Re-encoding: a text leaf becomes quoted-printable, unless it holds
  *    NUL bytes or at least 17 % 8-bit bytes (GMime's own threshold), where
  *    base64 is smaller; other leaves become base64.  Text is put in CRLF
  *    form before it is encoded (RFC 8551 3.1.1); other content is encoded

@@ -378,7 +378,7 @@ int smime_sign(const char *entity, size_t len, const struct smime_signer *s, enu
   if (err != NULL && errlen > 0) err[0] = '\0';
   if (entity == NULL || s == NULL || s->key == NULL || s->cert == NULL || out == NULL)
     return fail(err, errlen, SG_EINVAL, "signing: no entity, key or certificate");
-  bool detached = mode == SMIME_DETACHED;
+  bool detached = mode == SMIME_SIGN_DETACHED;
   CMS_ContentInfo *cms = NULL;
   CMS_SignerInfo *si = NULL;
   int rc = build_signed(s, detached, &cms, &si, err, errlen);

@@ -125,6 +125,11 @@ def body_of(entity):
     return body.decode("utf-8", "replace")
 
 
+def rcpts(t):
+    """A FakeHop transaction's recipients as bare addresses."""
+    return [re.sub(r"(?i)^to:\s*<(.*?)>.*$", r"\1", r) for r in t["rcpts"]]
+
+
 def one_txn(s, timeout=30):
     assert s.hop.wait_count(1, timeout) >= 1, s.gw.log()[-3000:]
     return s.hop.accepted[0]
@@ -222,11 +227,11 @@ def test_missing_key_bounce():
         s.send(["bob@example.net", "nokey@example.org"], "bounce@test")
         assert sgtest.wait_for(lambda: s.hop.accepted, 30), s.gw.log()[-3000:]
         dsn = s.hop.accepted[0]
-        assert dsn["rcpts"] == ["sender@example.com"], dsn["rcpts"]  # the DSN, nothing else
+        assert rcpts(dsn) == ["sender@example.com"], dsn["rcpts"]  # the DSN, nothing else
         text = dsn["data"].decode("utf-8", "replace")
         assert "nokey@example.org" in text and "no encryption key" in text, text[:2000]
         time.sleep(1)
-        assert len(s.hop.accepted) == 1, [t["rcpts"] for t in s.hop.accepted]
+        assert len(s.hop.accepted) == 1, [rcpts(t) for t in s.hop.accepted]
 
 
 def test_missing_key_drop():
@@ -241,7 +246,7 @@ def test_missing_key_split():
     with Setup("sign-encrypt", keys=["bob@example.net"], missing_key_action="split") as s:
         s.send(["bob@example.net", "nokey@example.org", "nokey2@example.org"], "split@test")
         assert s.hop.wait_count(2, 30) == 2, s.gw.log()[-3000:]
-        by = {tuple(sorted(t["rcpts"])): t["data"] for t in s.hop.accepted}
+        by = {tuple(sorted(rcpts(t))): t["data"] for t in s.hop.accepted}
         assert set(by) == {("bob@example.net",), ("nokey2@example.org", "nokey@example.org")}, list(by)
         enc = by[("bob@example.net",)]
         assert b"enveloped-data" in enc
@@ -277,20 +282,20 @@ def test_token_unreachable_waits_then_delivers():
         s.gw.restart()
         data = one_txn(s, 90)["data"]
         assert "quarterly numbers" in body_of(verify(s, write(s.tmp, "m.eml", data)))
-        assert all(t["rcpts"] != ["sender@example.com"] for t in s.hop.accepted)  # no DSN
+        assert all(rcpts(t) != ["sender@example.com"] for t in s.hop.accepted)  # no DSN
 
 
 def test_token_server_killed_under_load_loses_nothing():
     """smtp-source pushes signed mail while the token server is killed
     twice: every message arrives, signed, and nothing bounces."""
-    n = 300
+    n = 1000
     with Setup("sign") as s:
         src = subprocess.Popen(["smtp-source", "-m", str(n), "-s", "8", "-l", "2048", "-f", "a@example.com",
                                 "-t", "b@example.net", "127.0.0.1:%d" % s.gw.port],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         pidfile = os.path.join(s.gw.dir, "hsm", "run", "server.pid")
         for _ in range(2):
-            time.sleep(0.7)
+            time.sleep(0.4)
             with open(pidfile) as f:
                 pid = int(f.read())
             try:
@@ -299,7 +304,11 @@ def test_token_server_killed_under_load_loses_nothing():
                 pass
         assert src.wait(120) == 0, src.stderr.read()
         assert s.hop.wait_count(n, 120) >= n, (len(s.hop.accepted), s.gw.log()[-3000:])
-        assert all(t["rcpts"] == ["b@example.net"] for t in s.hop.accepted)  # no DSN
+        log = s.gw.log()
+        assert log.count("restarting in") >= 2, log[-3000:]  # the kills hit a running gateway
+        print("  %d deferred for the token, %d delivered" % (log.count("token unreachable"), len(s.hop.accepted)))
+        assert all(rcpts(t) == ["b@example.net"] for t in s.hop.accepted), \
+            [rcpts(t) for t in s.hop.accepted if rcpts(t) != ["b@example.net"]][:3]  # no DSN
         for t in s.hop.accepted[:5] + s.hop.accepted[-5:]:
             verify(s, write(s.tmp, "m.eml", t["data"]))
 
