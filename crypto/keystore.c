@@ -541,7 +541,7 @@ static void ks__name_for(X509 *x, size_t block, char *out) {
 
 /* The first OpenSSL reason on the error queue, for messages. */
 static const char *ks__ssl_reason(void) {
-  const char *r = ERR_reason_error_string(ERR_peek_last_error());
+  const char *r = ERR_reason_error_string(ERR_peek_error());
   return r ? r : "malformed";
 }
 

@@ -74,7 +74,8 @@ int keystore_pubkey_import(struct keystore *ks, FILE *f, const char *fname,
  * The one lookup the mail path uses (the lock-free cache of #5 slots in
  * behind it): the encryption certificate for an envelope recipient at time
  * now.  A certificate whose SAN e-mail equals the address (domain
- * compared case-insensitively, local part exactly), else one whose SAN
+ * compared case-insensitively, local part exactly or in lower case,
+ * since SAN e-mails are usually lower case), else one whose SAN
  * DNS name matches the address's domain (exactly, or an RFC 6125
  * wildcard "*.example.com" matching one more leftmost label).  Only
  * certificates valid at now and fit for encryption (key usage present

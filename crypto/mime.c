@@ -255,9 +255,41 @@ static GByteArray *decoded_bytes(GMimeDataWrapper *w) {
   return ba;
 }
 
+/* GMime 3.2 splits a long or 8-bit parameter *name* into RFC 2231
+ * continuations without end (found by fuzz_mime: gigabytes for one short
+ * header).  So a Content-Type or Content-Disposition is handed back to
+ * GMime for encoding only if its parameter names are short ASCII tokens. */
+#define MIME_MAX_PARAM_NAME 64
+
+static bool params_encodable(GMimeParamList *pl) {
+  int n = pl ? g_mime_param_list_length(pl) : 0;
+  for (int i = 0; i < n; i++) {
+    const char *name = g_mime_param_get_name(g_mime_param_list_get_parameter_at(pl, i));
+    size_t len = name ? strlen(name) : 0;
+    if (len == 0 || len > MIME_MAX_PARAM_NAME) return false;
+    for (size_t k = 0; k < len; k++)
+      if ((unsigned char)name[k] <= ' ' || (unsigned char)name[k] >= 0x7f) return false;
+  }
+  return true;
+}
+
+static bool header_encodable(const char *name, const char *value) {
+  bool ok = true;
+  if (g_ascii_strcasecmp(name, "Content-Type") == 0) {
+    GMimeContentType *ct = g_mime_content_type_parse(NULL, value);
+    ok = ct && params_encodable(g_mime_content_type_get_parameters(ct));
+    if (ct) g_object_unref(ct);
+  } else if (g_ascii_strcasecmp(name, "Content-Disposition") == 0) {
+    GMimeContentDisposition *cd = g_mime_content_disposition_parse(NULL, value);
+    ok = cd && params_encodable(g_mime_content_disposition_get_parameters(cd));
+    if (cd) g_object_unref(cd);
+  }
+  return ok;
+}
+
 /* Raw 8-bit header values would break 7-bit output; GMime re-encodes a
  * value it is given decoded (RFC 2047 words, RFC 2231 parameters). */
-static void walk_headers(GMimeObject *o, struct walk *w) {
+static int walk_headers(GMimeObject *o, struct walk *w) {
   GMimeHeaderList *hl = g_mime_object_get_header_list(o);
   int n = g_mime_header_list_get_count(hl);
   for (int i = 0; i < n; i++) {
@@ -266,11 +298,17 @@ static void walk_headers(GMimeObject *o, struct walk *w) {
     struct scan st = {0};
     if (raw) scan_bytes(&st, raw, strlen(raw));
     if (st.high == 0) continue;
+    const char *name = g_mime_header_get_name(h);
     char *value = g_strdup(g_mime_header_get_value(h));
-    g_mime_header_set_value(h, NULL, value ? value : "", "utf-8");
+    if (!value || !name || !header_encodable(name, value)) {
+      g_free(value);
+      return SG_EINVAL;
+    }
+    g_mime_header_set_value(h, NULL, value, "utf-8");
     g_free(value);
     w->changed = true;
   }
+  return 0;
 }
 
 /* A multipart or message/rfc822 may only be 7bit, 8bit or binary (RFC 2045
@@ -339,28 +377,26 @@ static void walk_leaf(GMimePart *part, struct walk *w) {
  * a message part's embedded message body included. */
 static int walk_object(GMimeObject *o, int depth, struct walk *w) {
   if (++w->parts > MIME_MAX_PARTS || depth > MIME_MAX_DEPTH) return SG_ELIMIT;
-  walk_headers(o, w);
+  int rc = walk_headers(o, w);
+  if (rc) return rc;
   /* XXX a multipart/signed whose parts need re-encoding loses its inner
    * signature; such a part was never valid for 7-bit transport anyway. */
   if (GMIME_IS_MULTIPART(o)) {
     GMimeMultipart *mp = GMIME_MULTIPART(o);
     walk_container_cte(o, w);
     int n = g_mime_multipart_get_count(mp);
-    for (int i = 0; i < n; i++) {
-      int rc = walk_object(g_mime_multipart_get_part(mp, i), depth + 1, w);
-      if (rc) return rc;
-    }
+    for (int i = 0; i < n && rc == 0; i++)
+      rc = walk_object(g_mime_multipart_get_part(mp, i), depth + 1, w);
   } else if (GMIME_IS_MESSAGE_PART(o)) {
     GMimeMessage *m = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
     walk_container_cte(o, w);
-    if (!m) return 0;
-    walk_headers(GMIME_OBJECT(m), w);
-    GMimeObject *body = g_mime_message_get_mime_part(m);
-    if (body) return walk_object(body, depth + 1, w);
+    if (m) rc = walk_headers(GMIME_OBJECT(m), w);
+    GMimeObject *body = m ? g_mime_message_get_mime_part(m) : NULL;
+    if (rc == 0 && body) rc = walk_object(body, depth + 1, w);
   } else if (GMIME_IS_PART(o)) {
     walk_leaf(GMIME_PART(o), w);
   }
-  return 0;
+  return rc;
 }
 
 static int gmime_write(GMimeObject *o, struct buf *out) {
@@ -485,15 +521,14 @@ static char *from_value(const char *p, size_t n) {
   while (n) {
     size_t eol, k = line_next(p, n, &eol);
     bool cont = k && (p[0] == ' ' || p[0] == '\t');
+    size_t skip = 0;
     if (in_from && !cont) break;
     if (!in_from && !cont && field_is(p, k, "from")) {
-      const char *colon = memchr(p, ':', k);
       in_from = true;
-      k -= (size_t)(colon + 1 - p);
-      p = colon + 1;
+      skip = (size_t)((const char *)memchr(p, ':', k) - p) + 1;
     }
     /* Unfolding is removing the line ends (RFC 5322 2.2.3). */
-    if (in_from && buf_append(&v, p, k)) break;
+    if (in_from && buf_append(&v, p + skip, k - skip)) break;
     p += k + eol;
     n -= k + eol;
   }

@@ -294,6 +294,23 @@ static int add_chain(CMS_ContentInfo *cms, const struct smime_signer *s) {
 }
 
 /*
+ * RSA-PSS with a salt as long as the digest (RFC 4056 3.1, what peers
+ * expect) and MGF1 with the signing digest (OpenSSL's default).  With
+ * CMS_KEY_PARAM, OpenSSL fills signatureAlgorithm only when it signs, but a
+ * streaming encoder writes the SignerInfo's shape before that: give it the
+ * algorithm now (signing replaces it, with the PSS parameters).
+ */
+static int set_pss(CMS_SignerInfo *si) {
+  EVP_PKEY_CTX *pctx = CMS_SignerInfo_get0_pkey_ctx(si);
+  X509_ALGOR *sigalg = NULL;
+  CMS_SignerInfo_get0_algs(si, NULL, NULL, NULL, &sigalg);
+  if (pctx == NULL || sigalg == NULL || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+      EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) <= 0)
+    return -1;
+  return X509_ALGOR_set0(sigalg, OBJ_nid2obj(NID_rsassaPss), V_ASN1_UNDEF, NULL) == 1 ? 0 : -1;
+}
+
+/*
  * A SignedData with one SignerInfo, signed attributes set up but not yet
  * signed (that happens in CMS_dataFinal, after the content is digested).
  * PSS only for RSA keys; an EC key always makes ECDSA-with-SHA256.
@@ -308,10 +325,7 @@ static int build_signed(const struct smime_signer *s, bool detached, CMS_Content
   int rc = 0;
   if (si == NULL) {
     rc = fail(err, errlen, SG_EINVAL, "signing: the signer key does not fit its certificate");
-  } else if (pss && (EVP_PKEY_CTX_set_rsa_padding(CMS_SignerInfo_get0_pkey_ctx(si), RSA_PKCS1_PSS_PADDING) <= 0 ||
-                     EVP_PKEY_CTX_set_rsa_pss_saltlen(CMS_SignerInfo_get0_pkey_ctx(si),
-                                                      RSA_PSS_SALTLEN_DIGEST) <= 0)) {
-    /* Salt as long as the digest (RFC 4056 3.1), the value peers expect. */
+  } else if (pss && set_pss(si) != 0) {
     rc = fail(err, errlen, SG_EIO, "signing: the signer key refused RSA-PSS");
   } else if (add_smimecap(si) != 0) {
     rc = fail(err, errlen, SG_ENOMEM, "signing: could not add SMIMECapabilities");

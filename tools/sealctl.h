@@ -36,6 +36,12 @@ void ctl_notify_daemon(const struct config *cfg);
 /* Write path atomically (tmp, fsync, rename) with mode. */
 int ctl_write_file(const char *path, const char *text, mode_t mode);
 
+struct cert_info;
+/* Shared by cert show and pubkey show (sealctl_cert.c). */
+const char *ctl_uses(unsigned uses);
+void ctl_json_list(const char *key, char **v, size_t n);
+void ctl_cert_info_print(bool json, const char *name, const struct cert_info *ci);
+
 int ctl_cert(const struct ctl *c);
 /* config check's token half: the token opens and fits the config. */
 int ctl_check_token(const struct config *cfg, char *err, size_t errlen);

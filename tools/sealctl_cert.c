@@ -269,18 +269,51 @@ static int ctl_cert_delete(const struct ctl *c) {
 
 /* ---- reading: list, show, export, csr -------------------------------------- */
 
-static const char *ctl_uses(unsigned u) {
+const char *ctl_uses(unsigned u) {
   static const char *names[] = {"none", "sign", "encrypt", "sign,encrypt"};
   return names[u & 3];
 }
 
-static void ctl_json_list(const char *key, char **v, size_t n) {
+void ctl_json_list(const char *key, char **v, size_t n) {
   printf(",\"%s\":[", key);
   for (size_t i = 0; i < n; i++) {
     if (i) putchar(',');
     ctl_json_str(stdout, v[i]);
   }
   putchar(']');
+}
+
+/* The fields every `show` prints (cert show, pubkey show); the caller adds
+ * its own lines, or (JSON) its own members and the closing brace. */
+void ctl_cert_info_print(bool json, const char *name, const struct cert_info *ci) {
+  if (json) {
+    printf("{\"name\":");
+    ctl_json_str(stdout, name);
+    const char *k[] = {"subject", "issuer", "serial", "not_before", "not_after", "key_usage",
+                       "extended_key_usage", "fingerprint"};
+    const char *v[] = {ci->subject, ci->issuer, ci->serial, ci->not_before, ci->not_after, ci->key_usage,
+                       ci->ext_key_usage, ci->fingerprint};
+    for (int i = 0; i < 8; i++) {
+      printf(",\"%s\":", k[i]);
+      ctl_json_str(stdout, v[i]);
+    }
+    printf(",\"key_type\":\"%s\",\"key_bits\":%u,\"curve\":\"%s\",\"uses\":\"%s\",\"self_signed\":%s",
+           ci->key_type, ci->key_bits, ci->curve, ctl_uses(ci->uses), ci->self_signed ? "true" : "false");
+    ctl_json_list("san_domains", ci->san_dns, ci->n_san_dns);
+    ctl_json_list("san_emails", ci->san_email, ci->n_san_email);
+    return;
+  }
+  printf("name:         %s\nsubject:      %s\nissuer:       %s%s\nserial:       %s\n", name, ci->subject,
+         ci->issuer, ci->self_signed ? " (self-signed)" : "", ci->serial);
+  printf("valid:        %s .. %s\n", ci->not_before, ci->not_after);
+  printf("san domains: ");
+  for (size_t i = 0; i < ci->n_san_dns; i++) printf(" %s", ci->san_dns[i]);
+  printf("\nsan emails:  ");
+  for (size_t i = 0; i < ci->n_san_email; i++) printf(" %s", ci->san_email[i]);
+  printf("\nkey usage:    %s\next. usage:   %s\nuses:         %s\n", ci->key_usage, ci->ext_key_usage,
+         ctl_uses(ci->uses));
+  printf("key:          %s %u%s%s\nfingerprint:  SHA256 %s\n", ci->key_type, ci->key_bits,
+         ci->curve[0] ? " " : "", ci->curve, ci->fingerprint);
 }
 
 static void ctl_cert_row(const struct ctl *c, const struct certstore_entry *e, bool first) {
@@ -326,35 +359,14 @@ static int ctl_cert_list(const struct ctl *c) {
 
 static void ctl_cert_print(const struct ctl *c, const char *name, const struct cert_info *ci, const char *uri,
                            const struct certstore_entry *e) {
+  ctl_cert_info_print(c->json, name, ci);
   if (c->json) {
-    printf("{\"name\":");
-    ctl_json_str(stdout, name);
-    const char *k[] = {"subject", "issuer", "serial", "not_before", "not_after", "key_usage",
-                       "extended_key_usage", "fingerprint", "token_uri"};
-    const char *v[] = {ci->subject, ci->issuer, ci->serial, ci->not_before, ci->not_after, ci->key_usage,
-                       ci->ext_key_usage, ci->fingerprint, uri};
-    for (int i = 0; i < 9; i++) {
-      printf(",\"%s\":", k[i]);
-      ctl_json_str(stdout, v[i]);
-    }
-    printf(",\"key_type\":\"%s\",\"key_bits\":%u,\"curve\":\"%s\",\"uses\":\"%s\",\"self_signed\":%s",
-           ci->key_type, ci->key_bits, ci->curve, ctl_uses(ci->uses), ci->self_signed ? "true" : "false");
-    ctl_json_list("san_domains", ci->san_dns, ci->n_san_dns);
-    ctl_json_list("san_emails", ci->san_email, ci->n_san_email);
+    printf(",\"token_uri\":");
+    ctl_json_str(stdout, uri);
     printf(",\"previous_keys\":%zu,\"chain\":%d}\n", e->n_keys - 1, sk_X509_num(e->keys[0].chain));
     return;
   }
-  printf("name:         %s\nsubject:      %s\nissuer:       %s%s\nserial:       %s\n", name, ci->subject,
-         ci->issuer, ci->self_signed ? " (self-signed)" : "", ci->serial);
-  printf("valid:        %s .. %s\n", ci->not_before, ci->not_after);
-  printf("san domains: ");
-  for (size_t i = 0; i < ci->n_san_dns; i++) printf(" %s", ci->san_dns[i]);
-  printf("\nsan emails:  ");
-  for (size_t i = 0; i < ci->n_san_email; i++) printf(" %s", ci->san_email[i]);
-  printf("\nkey usage:    %s\next. usage:   %s\nuses:         %s\n", ci->key_usage, ci->ext_key_usage,
-         ctl_uses(ci->uses));
-  printf("key:          %s %u%s%s, in the token\ntoken uri:    %s\nfingerprint:  SHA256 %s\n", ci->key_type,
-         ci->key_bits, ci->curve[0] ? " " : "", ci->curve, uri, ci->fingerprint);
+  printf("private key:  in the token\ntoken uri:    %s\n", uri);
   printf("chain:        %d certificate(s)\nolder keys:   %zu (kept for decryption)\n",
          sk_X509_num(e->keys[0].chain), e->n_keys - 1);
 }

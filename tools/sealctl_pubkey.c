@@ -112,60 +112,21 @@ static int ctl_ks_read_pem(const char *path, STACK_OF(X509) **out) {
 
 /* ---- describing a certificate ------------------------------------------------- */
 
-static const char *ctl_ks_uses(unsigned u) {
-  static const char *names[] = {"none", "sign", "encrypt", "sign,encrypt"};
-  return names[u & 3];
-}
-
-static void ctl_ks_json_list(const char *key, char **v, size_t n) {
-  printf(",\"%s\":[", key);
-  for (size_t i = 0; i < n; i++) {
-    if (i) putchar(',');
-    ctl_json_str(stdout, v[i]);
-  }
-  putchar(']');
-}
-
-static void ctl_ks_words(char **v, size_t n, const char *sep) {
-  for (size_t i = 0; i < n; i++) printf("%s%s", i ? sep : "", v[i]);
-}
-
 static void ctl_ks_iso(time_t t, char *out, size_t cap) {
   struct tm tm;
   gmtime_r(&t, &tm);
   strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static void ctl_pk_show_text(const char *name, const struct cert_info *ci, const char *added) {
-  printf("name:         %s\nsubject:      %s\nissuer:       %s%s\nserial:       %s\n", name, ci->subject,
-         ci->issuer, ci->self_signed ? " (self-signed)" : "", ci->serial);
-  printf("valid:        %s .. %s\nsan domains:  ", ci->not_before, ci->not_after);
-  ctl_ks_words(ci->san_dns, ci->n_san_dns, " ");
-  printf("\nsan emails:   ");
-  ctl_ks_words(ci->san_email, ci->n_san_email, " ");
-  printf("\nkey usage:    %s\next. usage:   %s\nuses:         %s\n", ci->key_usage, ci->ext_key_usage,
-         ctl_ks_uses(ci->uses));
-  printf("key:          %s %u%s%s\nfingerprint:  SHA256 %s\nadded:        %s\n", ci->key_type, ci->key_bits,
-         ci->curve[0] ? " " : "", ci->curve, ci->fingerprint, added);
-  printf("trust:        explicit (added by an administrator; no chain check)\n");
-}
-
-static void ctl_pk_show_json(const char *name, const struct cert_info *ci, const char *added) {
-  printf("{\"name\":");
-  ctl_json_str(stdout, name);
-  const char *k[] = {"subject", "issuer", "serial", "not_before", "not_after", "key_usage",
-                     "extended_key_usage", "fingerprint", "added"};
-  const char *v[] = {ci->subject, ci->issuer, ci->serial, ci->not_before, ci->not_after, ci->key_usage,
-                     ci->ext_key_usage, ci->fingerprint, added};
-  for (int i = 0; i < 9; i++) {
-    printf(",\"%s\":", k[i]);
-    ctl_json_str(stdout, v[i]);
+static void ctl_pk_describe(bool json, const char *name, const struct cert_info *ci, const char *added) {
+  ctl_cert_info_print(json, name, ci);
+  if (json) {
+    printf(",\"added\":");
+    ctl_json_str(stdout, added);
+    printf(",\"trust\":\"explicit\"}\n");
+  } else {
+    printf("added:        %s\ntrust:        explicit (added by an administrator; no chain check)\n", added);
   }
-  printf(",\"key_type\":\"%s\",\"key_bits\":%u,\"curve\":\"%s\",\"uses\":\"%s\",\"self_signed\":%s",
-         ci->key_type, ci->key_bits, ci->curve, ctl_ks_uses(ci->uses), ci->self_signed ? "true" : "false");
-  ctl_ks_json_list("san_domains", ci->san_dns, ci->n_san_dns);
-  ctl_ks_json_list("san_emails", ci->san_email, ci->n_san_email);
-  printf("}\n");
 }
 
 /* ---- pubkey add, delete, show ------------------------------------------------- */
@@ -239,7 +200,7 @@ static int ctl_pk_show(const struct ctl *c) {
   else {
     char when[32];
     ctl_ks_iso(added, when, sizeof when);
-    (c->json ? ctl_pk_show_json : ctl_pk_show_text)(name, &ci, when);
+    ctl_pk_describe(c->json, name, &ci, when);
     cert_info_free(&ci);
   }
   X509_free(x);
@@ -262,7 +223,7 @@ static void ctl_pk_row_text(const char *name, const struct cert_info *ci) {
     const char *id = i < ci->n_san_email ? ci->san_email[i] : ci->san_dns[i - ci->n_san_email];
     w += printf("%s%s", i ? "," : "", id);
   }
-  printf("%*s %-21s %s\n", w < 40 ? 40 - w : 0, "", ci->not_after, ctl_ks_uses(ci->uses));
+  printf("%*s %-21s %s\n", w < 40 ? 40 - w : 0, "", ci->not_after, ctl_uses(ci->uses));
 }
 
 static int ctl_pk_row(void *arg, const char *name, X509 *x, time_t added) {
@@ -278,10 +239,10 @@ static int ctl_pk_row(void *arg, const char *name, X509 *x, time_t added) {
     ctl_json_str(stdout, name);
     printf(",\"subject\":");
     ctl_json_str(stdout, ci.subject);
-    ctl_ks_json_list("emails", ci.san_email, ci.n_san_email);
-    ctl_ks_json_list("domains", ci.san_dns, ci.n_san_dns);
+    ctl_json_list("emails", ci.san_email, ci.n_san_email);
+    ctl_json_list("domains", ci.san_dns, ci.n_san_dns);
     printf(",\"not_after\":\"%s\",\"fingerprint\":\"%s\",\"uses\":\"%s\"}", ci.not_after, ci.fingerprint,
-           ctl_ks_uses(ci.uses));
+           ctl_uses(ci.uses));
   }
   l->n++;
   cert_info_free(&ci);

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Others' public keys and CA lists: `sealctl pubkey ...` and `sealctl ca ...`
+(R13, R15, R16, R22; issue #4).
+
+Certificates are made by the openssl command line.  The 10,000-key
+import uses a file this test writes itself: one template certificate made
+by openssl, then 10,000 copies with a different SAN e-mail each, re-signed
+here in pure Python (RSA PKCS#1 v1.5 with the issuer's key numbers, which
+openssl prints), so the test needs nothing beyond Debian's python3 and
+every certificate in the file is real (a sample is checked with
+`openssl verify`).  Bad input must fail with exit 1 and a message naming
+the file, and must leave the store as it was.
+
+Run: SEALGATE_BIN=build/bin python3 tests/integration/test_pubkey.py [NAME...]
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sgtest  # noqa: E402
+
+
+def run(*args, check=True):
+    r = subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError("%s failed (%d): %s %s" % (args, r.returncode, r.stdout, r.stderr))
+    return r
+
+
+def instance():
+    return sgtest.Instance(next_hop=sgtest.free_port())
+
+
+def ok(gw, *args, timeout=60):
+    r = gw.sealctl(*args, timeout=timeout)
+    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+    sgtest.assert_no_sanitizer_report(r.stderr)
+    return r.stdout
+
+
+def fails(gw, *args, code=1, says=None):
+    r = gw.sealctl(*args)
+    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
+    if says:
+        assert says.lower() in r.stderr.lower(), (says, r.stderr)
+    sgtest.assert_no_sanitizer_report(r.stderr)
+    return r.stderr
+
+
+def pubkeys(gw):
+    keys = json.loads(ok(gw, "--json", "pubkey", "list"))
+    assert all("name" in k for k in keys), keys
+    return {k["name"]: k for k in keys}
+
+
+def make_cert(tmp, name, san, key="rsa", ku="digitalSignature,keyEncipherment", ca=False, days=30):
+    """A self-signed certificate NAME.crt made by openssl."""
+    key_path, crt = os.path.join(tmp, name + ".key"), os.path.join(tmp, name + ".crt")
+    alg = ["-newkey", "rsa:2048"] if key == "rsa" else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"] \
+        if ca else ["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical," + ku]
+    if san:
+        ext += ["-addext", "subjectAltName=" + san]
+    run("openssl", "req", "-x509", *alg, "-nodes", "-keyout", key_path, "-out", crt, "-subj", "/CN=" + name,
+        "-days", str(days), "-config", "/dev/null", *ext)
+    return crt
+
+
+# ---------------------------------------------------------------- pubkey
+
+def test_add_list_show_delete():
+    with instance() as gw:
+        rsa = make_cert(gw.base, "alice", "email:alice@partner.example")
+        ec = make_cert(gw.base, "partner", "DNS:partner.example", key="ec", ku="digitalSignature,keyAgreement")
+        out = ok(gw, "pubkey", "add", "alice", rsa)
+        assert "no chain check" in out, out
+        ok(gw, "pubkey", "add", "partner", ec)
+        fails(gw, "pubkey", "add", "alice", ec, says="exists")
+        keys = pubkeys(gw)
+        assert sorted(keys) == ["alice", "partner"], keys
+        assert keys["alice"]["emails"] == ["alice@partner.example"] and keys["alice"]["uses"] == "encrypt", keys
+        assert keys["partner"]["domains"] == ["partner.example"] and keys["partner"]["uses"] == "encrypt", keys
+        fp = run("openssl", "x509", "-in", rsa, "-noout", "-fingerprint", "-sha256").stdout.split("=", 1)[1].strip()
+        assert keys["alice"]["fingerprint"] == fp, (keys["alice"], fp)
+        table = ok(gw, "pubkey", "list")
+        assert re.search(r"(?m)^alice\s+alice@partner\.example\s+\S+Z\s+encrypt$", table), table
+        show = ok(gw, "pubkey", "show", "partner")
+        assert "DNS" not in show and "partner.example" in show and "EC 256 P-256" in show, show
+        js = json.loads(ok(gw, "--json", "pubkey", "show", "alice"))
+        assert js["name"] == "alice" and js["san_emails"] == ["alice@partner.example"] and js["fingerprint"] == fp, js
+        ok(gw, "pubkey", "delete", "alice")
+        assert list(pubkeys(gw)) == ["partner"]
+        fails(gw, "pubkey", "delete", "alice", says="no public key named 'alice'")
+        fails(gw, "pubkey", "show", "alice", says="no public key named 'alice'")
+
+
+def test_add_refusals_and_usage():
+    with instance() as gw:
+        crt = make_cert(gw.base, "bob", "email:bob@partner.example")
+        fails(gw, "pubkey", "add", "bob", code=2, says="usage")
+        fails(gw, "pubkey", "add", "-bob", crt, code=2)
+        fails(gw, "pubkey", "add", "b o b", crt, code=2, says="only letters")
+        fails(gw, "pubkey", "frobnicate", code=2, says="unknown subcommand")
+        fails(gw, "pubkey", "list", "extra", code=2)
+        key = os.path.join(gw.base, "bob.key")
+        fails(gw, "pubkey", "add", "bob", key, says=key)
+        fails(gw, "pubkey", "add", "bob", os.path.join(gw.base, "missing.pem"), says="missing.pem")
+        nosan = make_cert(gw.base, "nosan", None)
+        fails(gw, "pubkey", "add", "nosan", nosan, says="nothing to find it by")
+        # Added, but the administrator hears that it cannot encrypt (R13).
+        sign = make_cert(gw.base, "signer", "email:s@partner.example", ku="digitalSignature,nonRepudiation")
+        r = gw.sealctl("pubkey", "add", "signer", sign)
+        assert r.returncode == 0 and "not fit for encryption" in r.stderr, (r.stdout, r.stderr)
+        assert pubkeys(gw)["signer"]["uses"] == "sign", pubkeys(gw)
+        assert pubkeys(gw).keys() == {"signer"}
+
+
+def test_export_import_between_instances():
+    with instance() as a, instance() as b:
+        for n, san in (("alice", "email:alice@x.example"), ("x.example", "DNS:*.x.example")):
+            ok(a, "pubkey", "add", n, make_cert(a.base, n, san))
+        path = os.path.join(a.base, "export.txt")
+        assert "exported 2 public keys" in ok(a, "pubkey", "export", path)
+        text = open(path).read()
+        assert text.count("# sealgate-pubkey: ") == 2 and text.count("BEGIN CERTIFICATE") == 2, text
+        r = a.sealctl("pubkey", "export", "-")
+        assert r.returncode == 0 and r.stdout == text, (r.stdout, r.stderr)
+        assert "imported 2 public keys from " + path in ok(b, "pubkey", "import", path)
+        strip = lambda keys: {n: (k["fingerprint"], k["emails"], k["domains"]) for n, k in keys.items()}  # noqa: E731
+        assert strip(pubkeys(a)) == strip(pubkeys(b)), (pubkeys(a), pubkeys(b))
+        # Importing again replaces by name: still two keys.
+        ok(b, "pubkey", "import", path)
+        assert len(pubkeys(b)) == 2
+
+
+def test_import_bad_file_changes_nothing():
+    with instance() as gw:
+        ok(gw, "pubkey", "add", "keep", make_cert(gw.base, "keep", "email:keep@x.example"))
+        good = open(make_cert(gw.base, "new", "email:new@x.example")).read()
+        bad = os.path.join(gw.base, "bad.pem")
+        with open(bad, "w") as f:
+            f.write(good + "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n")
+        err = fails(gw, "pubkey", "import", bad, says=bad)
+        assert "block 2" in err and "nothing was imported" in err, err
+        assert list(pubkeys(gw)) == ["keep"]
+        with open(bad, "wb") as f:
+            f.write(os.urandom(4096))
+        fails(gw, "pubkey", "import", bad, says=bad)
+        fails(gw, "pubkey", "import", os.path.join(gw.base, "nope.pem"), says="nope.pem")
+        assert list(pubkeys(gw)) == ["keep"]
+
+
+# ---------------------------------------------------------------- 10,000 keys
+
+def der_len(der, i):
+    """(content start, content length) of the DER element at i."""
+    n = der[i + 1]
+    if n < 0x80:
+        return i + 2, n
+    k = n & 0x7F
+    return i + 2 + k, int.from_bytes(der[i + 2:i + 2 + k], "big")
+
+
+def rsa_numbers(key_path):
+    """The issuer's private key numbers, from `openssl rsa -text` (a name
+    line such as "prime1:", then indented hex lines)."""
+    text = run("openssl", "rsa", "-in", key_path, "-noout", "-text").stdout
+    nums, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^(\w+):", line)
+        if m:
+            cur = m.group(1)
+            nums[cur] = ""
+        elif cur and line.startswith(" "):
+            nums[cur] += line.strip().replace(":", "")
+    return {k: int(v, 16) for k, v in nums.items() if v}
+
+
+def bulk_file(tmp, count):
+    """count certificates (SAN user%05d@bulk.example) in one plain PEM file."""
+    ikey, icrt = os.path.join(tmp, "issuer.key"), os.path.join(tmp, "issuer.crt")
+    # RSA-1024 only so that Python signs 10,000 times in seconds; the
+    # store never verifies signatures (explicit trust), openssl does below.
+    run("openssl", "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", ikey, "-out", icrt,
+        "-subj", "/CN=Bulk Issuer", "-days", "30", "-config", "/dev/null",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    lkey, csr, tpl, ext = (os.path.join(tmp, n) for n in ("leaf.key", "leaf.csr", "leaf.der", "leaf.ext"))
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", lkey)
+    run("openssl", "req", "-new", "-key", lkey, "-out", csr, "-subj", "/CN=bulk", "-config", "/dev/null")
+    with open(ext, "w") as f:
+        f.write("keyUsage=critical,digitalSignature,keyAgreement\nsubjectAltName=email:user00000@bulk.example\n")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", icrt, "-CAkey", ikey, "-set_serial", "1", "-days", "30",
+        "-extfile", ext, "-sha256", "-outform", "DER", "-out", tpl)
+    der = open(tpl, "rb").read()
+    tbs_start, _ = der_len(der, 0)
+    body, blen = der_len(der, tbs_start)
+    tbs_end = body + blen
+    k = rsa_numbers(ikey)
+    n, p, q = k["modulus"], k["prime1"], k["prime2"]
+    dp, dq, qinv = k["exponent1"], k["exponent2"], k["coefficient"]
+    size = (n.bit_length() + 7) // 8
+    prefix = bytes.fromhex("3031300d060960864801650304020105000420")  # DigestInfo, SHA-256
+    out = []
+    for i in range(count):
+        tbs = der[tbs_start:tbs_end].replace(b"user00000", b"user%05d" % i)
+        t = prefix + hashlib.sha256(tbs).digest()
+        m = int.from_bytes(b"\x00\x01" + b"\xff" * (size - len(t) - 3) + b"\x00" + t, "big")
+        s1, s2 = pow(m, dp, p), pow(m, dq, q)
+        sig = (s2 + q * ((qinv * (s1 - s2)) % p)).to_bytes(size, "big")
+        cert = der[:tbs_start] + tbs + der[tbs_end:-size] + sig
+        b64 = base64.b64encode(cert).decode()
+        out.append("-----BEGIN CERTIFICATE-----\n" + "\n".join(b64[j:j + 64] for j in range(0, len(b64), 64))
+                   + "\n-----END CERTIFICATE-----\n")
+    path = os.path.join(tmp, "bulk.pem")
+    with open(path, "w") as f:
+        f.write("".join(out))
+    for i in (0, count - 1):  # the generator makes real certificates
+        one = os.path.join(tmp, "one.pem")
+        with open(one, "w") as f:
+            f.write(out[i])
+        run("openssl", "verify", "-CAfile", icrt, one)
+    return path
+
+
+def test_import_10000_keys():
+    with instance() as gw:
+        t0 = time.monotonic()
+        path = bulk_file(gw.base, 10000)
+        made = time.monotonic() - t0
+        t0 = time.monotonic()
+        out = ok(gw, "pubkey", "import", path, timeout=120)
+        took = time.monotonic() - t0
+        print("  10,000 certificates written in %.1f s, imported in %.2f s" % (made, took))
+        assert "imported 10000 public keys from " + path in out, out
+        assert took < 60, took
+        keys = pubkeys(gw)
+        assert len(keys) == 10000 and "user09999@bulk.example" in keys, len(keys)
+        assert keys["user04242@bulk.example"]["emails"] == ["user04242@bulk.example"]
+
+
+# ---------------------------------------------------------------- ca
+
+def test_ca_import_list_delete():
+    with instance() as gw:
+        bundle = os.path.join(gw.base, "partners.pem")
+        with open(bundle, "w") as f:
+            for n in ("Root A", "Root B"):
+                f.write(open(make_cert(gw.base, n.replace(" ", ""), None, ca=True)).read())
+        assert "2 certificate(s)" in ok(gw, "ca", "import", "partners", bundle)
+        fails(gw, "ca", "import", "partners", bundle, says="exists")
+        lists = json.loads(ok(gw, "--json", "ca", "list"))
+        assert [l["name"] for l in lists] == ["partners"] and lists[0]["count"] == 2, lists
+        assert any("RootB" in s for s in lists[0]["subjects"]), lists
+        assert re.search(r"(?m)^partners\s+2\s+", ok(gw, "ca", "list"))
+        leaf = make_cert(gw.base, "leaf", "email:leaf@x.example")
+        with open(bundle, "a") as f:
+            f.write(open(leaf).read())
+        err = fails(gw, "ca", "import", "more", bundle, says="not a CA certificate")
+        assert "certificate 3" in err and "leaf" in err, err
+        empty = os.path.join(gw.base, "empty.pem")
+        open(empty, "w").close()
+        fails(gw, "ca", "import", "none", empty, says=empty)
+        ok(gw, "ca", "delete", "partners")
+        assert json.loads(ok(gw, "--json", "ca", "list")) == []
+        fails(gw, "ca", "delete", "partners", says="no CA list named")
+        fails(gw, "ca", code=2)
+
+
+# ---------------------------------------------------------------- the daemon
+
+def test_changes_tell_the_running_daemon():
+    with sgtest.gateway(sgtest.free_port()) as gw:
+        crt = make_cert(gw.base, "carol", "email:carol@x.example")
+        assert "the running daemon reloaded its keys" in ok(gw, "pubkey", "add", "carol", crt)
+        assert "the running daemon reloaded its keys" in ok(gw, "pubkey", "delete", "carol")
+        ca = make_cert(gw.base, "RootC", None, ca=True)
+        assert "the running daemon reloaded its keys" in ok(gw, "ca", "import", "c", ca)
+        assert "reloaded" not in ok(gw, "pubkey", "list")  # reading changes nothing
+        sgtest.assert_running(gw)
+    with instance() as gw:  # no daemon: quiet
+        r = gw.sealctl("pubkey", "add", "carol", make_cert(gw.base, "carol", "email:carol@x.example"))
+        assert r.returncode == 0 and "daemon" not in r.stdout + r.stderr, (r.stdout, r.stderr)
+
+
+def main():
+    return sgtest.run_tests([
+        test_add_list_show_delete, test_add_refusals_and_usage, test_export_import_between_instances,
+        test_import_bad_file_changes_nothing, test_import_10000_keys, test_ca_import_list_delete,
+        test_changes_tell_the_running_daemon,
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
