@@ -383,7 +383,8 @@ static int write_detached(CMS_ContentInfo *cms, const char *entity, size_t len, 
       buf_append(out, entity, len) != 0 || buf_appendf(out, "\r\n--%s\r\n%s", bd, P7S_HEADER) != 0)
     return fail(err, errlen, SG_ENOMEM, "signing: out of memory");
   int rc = write_der(cms, out, err, errlen);
-  if (rc == 0 && buf_appendf(out, "\r\n--%s--\r\n", bd) != 0) rc = SG_ENOMEM;
+  if (rc == 0 && buf_appendf(out, "\r\n--%s--\r\n", bd) != 0)
+    rc = fail(err, errlen, SG_ENOMEM, "signing: out of memory");
   return rc;
 }
 
