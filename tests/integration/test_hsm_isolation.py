@@ -146,8 +146,12 @@ def scan(pid, ndl):
                     i = data.find(n)
                     if i >= 0:
                         found.append((name, pos + i, where))
-                # Step back by a needle's length so none is cut in two.
-                pos += len(data) if pos + len(data) >= end else len(data) - overlap
+                # Step back by a needle's length so none is cut in two; a
+                # short read (a file mapping past its file's end, such as
+                # LMDB's) ends the region, or the step could go backwards.
+                if len(data) < min(CHUNK, end - pos) or pos + len(data) >= end:
+                    break
+                pos += len(data) - overlap
     finally:
         os.close(fd)
     return found
