@@ -74,7 +74,7 @@ struct outgoing_layers {
 /* Sign in into the next buffer; a failed private-key operation is a
  * token outage (retry) or a signing failure (R25, bounce). */
 static int outgoing__sign(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
-  char err[256];
+  char err[200]; /* fits the result's reason with its prefix */
   *out = &L->bufs[L->next++];
   enum smime_sign_mode sm = L->rq->profile->sign_mode == CONFIG_SIGN_OPAQUE ? SMIME_SIGN_OPAQUE : SMIME_SIGN_DETACHED;
   int rc = smime_sign(in->data, in->len, &L->signer, sm, *out, err, sizeof err);
@@ -85,7 +85,7 @@ static int outgoing__sign(struct outgoing_layers *L, const struct buf *in, struc
 }
 
 static int outgoing__encrypt(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
-  char err[256];
+  char err[200]; /* fits the result's reason with its prefix */
   *out = &L->bufs[L->next++];
   enum smime_cipher c = L->rq->profile->encryption == CONFIG_ENC_AES256_GCM ? SMIME_AES256_GCM : SMIME_AES256_CBC;
   enum smime_key_transport kt = L->rq->profile->key_transport == CONFIG_KT_RSA_OAEP ? SMIME_KT_OAEP : SMIME_KT_PKCS1;
