@@ -67,43 +67,60 @@ struct outgoing_layers {
   struct outgoing_result *res;
   struct smime_signer signer;
   STACK_OF(X509) *certs;
-  struct buf bufs[3];
-  int next;
+  struct buf inner; /* the layer below the outermost, while the next is made */
 };
 
-/* Sign in into the next buffer; a failed private-key operation is a
- * token outage (retry) or a signing failure (R25, bounce). */
-static int outgoing__sign(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
+/* Sign in, appending to out; a failed private-key operation is a token
+ * outage (retry) or a signing failure (R25, bounce). */
+static int outgoing__sign(struct outgoing_layers *L, const char *in, size_t len, struct buf *out) {
   char err[200]; /* fits the result's reason with its prefix */
-  *out = &L->bufs[L->next++];
   enum smime_sign_mode sm = L->rq->profile->sign_mode == CONFIG_SIGN_OPAQUE ? SMIME_SIGN_OPAQUE : SMIME_SIGN_DETACHED;
-  int rc = smime_sign(in->data, in->len, &L->signer, sm, *out, err, sizeof err);
+  int rc = smime_sign(in, len, &L->signer, sm, out, err, sizeof err);
   if (rc == 0) return 0;
   if (hsm_worker_check(L->w) == SG_ETEMP) outgoing__set(L->res, OUTGOING_TEMP, "token unreachable: %s", err);
   else outgoing__set(L->res, OUTGOING_FAIL, "signing failed: %s", err);
   return rc;
 }
 
-static int outgoing__encrypt(struct outgoing_layers *L, const struct buf *in, struct buf **out) {
-  char err[200]; /* fits the result's reason with its prefix */
-  *out = &L->bufs[L->next++];
+static int outgoing__encrypt(struct outgoing_layers *L, const char *in, size_t len, struct buf *out) {
+  char err[200];
   enum smime_cipher c = L->rq->profile->encryption == CONFIG_ENC_AES256_GCM ? SMIME_AES256_GCM : SMIME_AES256_CBC;
   enum smime_key_transport kt = L->rq->profile->key_transport == CONFIG_KT_RSA_OAEP ? SMIME_KT_OAEP : SMIME_KT_PKCS1;
-  int rc = smime_encrypt(in->data, in->len, L->certs, c, kt, *out, err, sizeof err);
+  int rc = smime_encrypt(in, len, L->certs, c, kt, out, err, sizeof err);
   if (rc) outgoing__set(L->res, OUTGOING_FAIL, "encryption failed: %s", err);
   return rc;
 }
 
-/* The layers of the profile's mode over entity; *final_out is the outermost. */
-static int outgoing__wrap(struct outgoing_layers *L, const struct buf *entity, const struct buf **final_out) {
+/*
+ * The layers of the profile's mode over the entity, innermost first; the
+ * outermost is appended straight to out (after the outer header the
+ * caller put there), and each input is freed as soon as the next layer
+ * exists, so a large message is held at most twice plus the original
+ * (docs/OUTGOING.md: memory).
+ */
+static int outgoing__wrap(struct outgoing_layers *L, struct mime_split *ms, struct buf *out) {
   enum config_mode mode = L->rq->profile->mode;
   bool signs = mode != CONFIG_MODE_ENCRYPT, encrypts = !L->rq->plain_copy && mode != CONFIG_MODE_SIGN;
-  struct buf *cur = (struct buf *)entity, *next;
+  char steps[3];
+  int n = 0;
+  if (signs) steps[n++] = 's';
+  if (encrypts) steps[n++] = 'e';
+  if (encrypts && mode == CONFIG_MODE_TRIPLE) steps[n++] = 's';
+  struct buf layer = BUF_INIT;
   int rc = 0;
-  if (signs && (rc = outgoing__sign(L, cur, &next)) == 0) cur = next;
-  if (rc == 0 && encrypts && (rc = outgoing__encrypt(L, cur, &next)) == 0) cur = next;
-  if (rc == 0 && encrypts && mode == CONFIG_MODE_TRIPLE && (rc = outgoing__sign(L, cur, &next)) == 0) cur = next;
-  *final_out = cur;
+  for (int i = 0; rc == 0 && i < n; i++) {
+    const char *in = i == 0 ? ms->entity : L->inner.data;
+    size_t len = i == 0 ? ms->entity_len : L->inner.len;
+    struct buf *dst = i == n - 1 ? out : &layer;
+    rc = steps[i] == 's' ? outgoing__sign(L, in, len, dst) : outgoing__encrypt(L, in, len, dst);
+    if (i == 0) { /* the entity is no longer needed */
+      free(ms->entity);
+      ms->entity = NULL;
+    }
+    buf_free(&L->inner);
+    L->inner = layer;
+    layer = (struct buf)BUF_INIT;
+  }
   return rc;
 }
 
@@ -123,8 +140,19 @@ static int outgoing__signer(struct outgoing_layers *L) {
   return rc;
 }
 
+/* The outer header and MIME-Version go first; the outermost layer is
+ * appended after them.  Room for the base64 of the whole is reserved now,
+ * so the buffer does not move (and copy) while the layer streams in. */
+static int outgoing__reserve(struct mime_split *ms, size_t len, struct buf *out) {
+  int rc = buf_reserve(out, ms->outer_len + len / 3 * 4 + len / 38 + 8192);
+  if (rc == 0) rc = smime_compose(ms->outer, ms->outer_len, NULL, 0, out);
+  return rc;
+}
+
 void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, struct outgoing_result *res) {
   memset(res, 0, sizeof *res);
+  /* Until something says otherwise, nothing was made: never DONE by default. */
+  outgoing__set(res, OUTGOING_TEMP, "%s", "out of memory while processing the message");
   const struct config_sending_profile *p = rq->profile;
   res->action = outgoing_action(p, rq->plain_copy);
   bool signs = p->mode != CONFIG_MODE_ENCRYPT, encrypts = !rq->plain_copy && p->mode != CONFIG_MODE_SIGN;
@@ -140,16 +168,11 @@ void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, s
   struct mime_split ms = {0};
   int rc = mime_split(rq->data, rq->len, &ms);
   if (rc) outgoing__set(res, OUTGOING_FAIL, "the message cannot be processed: %s", sgerr_str(rc));
+  if (rc == 0) rc = outgoing__reserve(&ms, rq->len, &res->out);
   if (rc == 0 && signs) rc = outgoing__signer(&L);
-  const struct buf entity = {ms.entity, ms.entity_len, ms.entity_len};
-  const struct buf *final = NULL;
-  if (rc == 0) rc = outgoing__wrap(&L, &entity, &final);
-  if (rc == 0 && smime_compose(ms.outer, ms.outer_len, final->data, final->len, &res->out) != 0) {
-    outgoing__set(res, OUTGOING_TEMP, "%s", "out of memory");
-    rc = SG_ENOMEM;
-  }
+  if (rc == 0) rc = outgoing__wrap(&L, &ms, &res->out);
   if (rc == 0) res->status = OUTGOING_DONE;
-  for (int i = 0; i < 3; i++) buf_free(&L.bufs[i]);
+  buf_free(&L.inner);
   sk_X509_pop_free(L.certs, X509_free);
   mime_split_free(&ms);
 }
