@@ -168,10 +168,11 @@ void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, s
   struct mime_split ms = {0};
   int rc = mime_split(rq->data, rq->len, &ms);
   if (rc) outgoing__set(res, OUTGOING_FAIL, "the message cannot be processed: %s", sgerr_str(rc));
-  if (rc == 0) rc = outgoing__reserve(&ms, rq->len, &res->out);
   if (rc == 0 && signs) rc = outgoing__signer(&L);
+  if (rc == 0) rc = outgoing__reserve(&ms, rq->len, &res->out);
   if (rc == 0) rc = outgoing__wrap(&L, &ms, &res->out);
   if (rc == 0) res->status = OUTGOING_DONE;
+  else buf_free(&res->out); /* nothing half-made leaves here */
   buf_free(&L.inner);
   sk_X509_pop_free(L.certs, X509_free);
   mime_split_free(&ms);
