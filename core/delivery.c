@@ -660,6 +660,7 @@ struct dl_smime {
   struct dl_host *h;
   struct spool_msg *m;
   struct config *cfg;        /* referenced: the profile points into it */
+  char *data;                /* m's data, handed over while processing (outgoing may free it) */
   struct outgoing_signer signer;
   struct outgoing_request rq;
   struct outgoing_result res;
@@ -667,6 +668,7 @@ struct dl_smime {
 };
 
 static void dl__smime_free(struct dl_smime *j) {
+  free(j->data);
   keyring_signer_free(&j->signer);
   outgoing_result_free(&j->res);
   config_unref(j->cfg);
@@ -691,11 +693,12 @@ static bool dl__smime_request(struct dl_smime *j) {
   const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(j->cfg, l->sending_profile) : NULL;
   struct keyring *k = j->dl->sh->d->keys;
   j->rq = (struct outgoing_request){p, NULL, keyring_keystore(k), (j->m->env.flags & SPOOL_F_PLAIN) != 0,
-                                    j->m->data, j->m->data_len, j->m->env.rcpts, j->m->env.n_rcpts, time(NULL)};
+                                    j->data, j->m->data_len, &j->data, j->m->env.rcpts, j->m->env.n_rcpts,
+                                    time(NULL)};
   j->res.status = OUTGOING_TEMP;
   if (!p) { /* a reload removed the profile: relay as configured now */
     j->res.action = "relay";
-    j->res.status = buf_append(&j->res.out, j->m->data, j->m->data_len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
+    j->res.status = buf_append(&j->res.out, j->data, j->m->data_len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
     return false;
   }
   if (p->mode != CONFIG_MODE_ENCRYPT) {
@@ -717,7 +720,9 @@ static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool
     m->data = NULL;
     return;
   }
-  *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms()};
+  *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms(),
+                         .data = m->data};
+  m->data = NULL; /* the job's until dl__smime_done */
   j->job.run = dl__smime_run;
   m->loading = true;
   dl->jobs++;
@@ -898,6 +903,8 @@ static void dl__smime_done(void *arg) {
   struct spool_msg *m = j->m;
   dl->jobs--;
   m->loading = false;
+  m->data = j->data; /* back, unless outgoing freed it once the entity was made */
+  j->data = NULL;
   m->action = j->res.action;
   m->smime_ms = timeutil_mono_ms() - j->t0;
   if (j->res.status == OUTGOING_DONE && !(m->wire = buf_steal(&j->res.out, &m->wire_len))) {

@@ -76,6 +76,14 @@ static int outgoing__sign(struct outgoing_layers *L, const char *in, size_t len,
   char err[200]; /* fits the result's reason with its prefix */
   enum smime_sign_mode sm = L->rq->profile->sign_mode == CONFIG_SIGN_OPAQUE ? SMIME_SIGN_OPAQUE : SMIME_SIGN_DETACHED;
   int rc = smime_sign(in, len, &L->signer, sm, out, err, sizeof err);
+  /* A signature the token refused on a connection that looks healthy may
+   * still be a server that died and came back in between: once more on a
+   * fresh connection, and only a second refusal is the key's (R25). */
+  if (rc != 0 && hsm_worker_check(L->w) != SG_ETEMP) {
+    hsm_worker_reset(L->w);
+    if ((rc = hsm_worker_pkey(L->w, &L->rq->signer->ref, &L->signer.key)) == 0)
+      rc = smime_sign(in, len, &L->signer, sm, out, err, sizeof err);
+  }
   if (rc == 0) return 0;
   if (hsm_worker_check(L->w) == SG_ETEMP) outgoing__set(L->res, OUTGOING_TEMP, "token unreachable: %s", err);
   else outgoing__set(L->res, OUTGOING_FAIL, "signing failed: %s", err);
@@ -143,8 +151,16 @@ static int outgoing__signer(struct outgoing_layers *L) {
 /* The outer header and MIME-Version go first; the outermost layer is
  * appended after them.  Room for the base64 of the whole is reserved now,
  * so the buffer does not move (and copy) while the layer streams in. */
-static int outgoing__reserve(struct mime_split *ms, size_t len, struct buf *out) {
-  int rc = buf_reserve(out, ms->outer_len + len / 3 * 4 + len / 38 + 8192);
+static int outgoing__reserve(const struct outgoing_request *rq, struct mime_split *ms, size_t len,
+                             struct buf *out) {
+  /* A detached signature outermost carries the entity as it is; anything
+   * else is base64 (4/3, plus CRLF every 76).  Not reserving more than
+   * needed lets the allocator reuse the freed original for it. */
+  const struct config_sending_profile *p = rq->profile;
+  bool detached_out = p->sign_mode == CONFIG_SIGN_DETACHED &&
+                      (p->mode == CONFIG_MODE_SIGN || p->mode == CONFIG_MODE_TRIPLE || rq->plain_copy);
+  size_t body = detached_out ? len : len / 3 * 4 + len / 38;
+  int rc = buf_reserve(out, ms->outer_len + body + 16384);
   if (rc == 0) rc = smime_compose(ms->outer, ms->outer_len, NULL, 0, out);
   return rc;
 }
@@ -168,8 +184,12 @@ void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, s
   struct mime_split ms = {0};
   int rc = mime_split(rq->data, rq->len, &ms);
   if (rc) outgoing__set(res, OUTGOING_FAIL, "the message cannot be processed: %s", sgerr_str(rc));
+  if (rc == 0 && rq->consume) { /* the entity holds everything the layers need */
+    free(*rq->consume);
+    *rq->consume = NULL;
+  }
   if (rc == 0 && signs) rc = outgoing__signer(&L);
-  if (rc == 0) rc = outgoing__reserve(&ms, rq->len, &res->out);
+  if (rc == 0) rc = outgoing__reserve(rq, &ms, rq->len, &res->out);
   if (rc == 0) rc = outgoing__wrap(&L, &ms, &res->out);
   if (rc == 0) res->status = OUTGOING_DONE;
   else buf_free(&res->out); /* nothing half-made leaves here */

@@ -45,6 +45,9 @@ struct outgoing_request {
   bool plain_copy;                      /* the split-off copy for recipients without keys */
   const char *data;                     /* the message as received */
   size_t len;
+  char **consume;                       /* if set, *consume is data: freed (and set
+                                           NULL) once the entity is made, so a large
+                                           message is not held three times */
   char *const *rcpts;                   /* envelope recipients */
   size_t n_rcpts;
   time_t now;

@@ -173,6 +173,12 @@ int hsm_worker_new(struct hsm *h, struct hsm_worker **out, char *err, size_t err
 void hsm_worker_free(struct hsm_worker *w);
 int hsm_worker_pkey(struct hsm_worker *w, const struct hsm_keyref *ref, EVP_PKEY **pkey_out);
 int hsm_worker_check(struct hsm_worker *w);
+/* Remote: drop this worker's connection (and every EVP_PKEY it handed
+ * out); the next hsm_worker_pkey reconnects.  For a failure check() could
+ * not pin on the server (it may have died and come back between the
+ * operation and the check): retry once on a fresh connection before
+ * calling the failure the operation's own.  No-op in-process. */
+void hsm_worker_reset(struct hsm_worker *w);
 /* Connections (re)built by this worker, for tests and logs. */
 unsigned hsm_worker_generation(const struct hsm_worker *w);
 

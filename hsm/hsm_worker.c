@@ -354,16 +354,25 @@ int hsm_worker_pkey(struct hsm_worker *w, const struct hsm_keyref *ref, EVP_PKEY
   return rc;
 }
 
-int hsm_worker_check(struct hsm_worker *w) {
-  if (w->h->mode != HSM_REMOTE) return 0;
-  if (!w->connected) return SG_ETEMP;
-  if (!link_moved(w) && hsm__server_accepts(w->h)) return 0;
-  /* Every handle of the old connection is dead: drop the context whole. */
+/* Drop the connection whole (every handle of it with it); the next
+ * hsm_worker_pkey reconnects. */
+static void worker_disconnect(struct hsm_worker *w) {
   pthread_mutex_lock(&w->h->mu);
   conn_close(&w->own);
   pthread_mutex_unlock(&w->h->mu);
   w->connected = false;
+}
+
+int hsm_worker_check(struct hsm_worker *w) {
+  if (w->h->mode != HSM_REMOTE) return 0;
+  if (!w->connected) return SG_ETEMP;
+  if (!link_moved(w) && hsm__server_accepts(w->h)) return 0;
+  worker_disconnect(w);
   return SG_ETEMP;
+}
+
+void hsm_worker_reset(struct hsm_worker *w) {
+  if (w->h->mode == HSM_REMOTE && w->connected) worker_disconnect(w);
 }
 
 unsigned hsm_worker_generation(const struct hsm_worker *w) { return w->gen; }
