@@ -39,6 +39,7 @@ struct keyring {
   pthread_mutex_t mu;        /* guards certs */
   struct certstore *certs;
   struct config *cfg;        /* referenced: what a reconnect opens the token with */
+  bool stale;                /* a reload could not reach the token: keyring_tick retries it */
 };
 
 /* Give the token files (hsm/tokens, softhsm2.conf) to uid:gid and let the
@@ -155,6 +156,7 @@ int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_
   if (rc && k->server && keyring__reconnect(k, cfg, err, errlen) == 0) rc = certstore_load(k->hsm, &s);
   if (rc) {
     snprintf(err, errlen, "cannot list the token: %s", sgerr_str(rc));
+    k->stale = k->server != NULL; /* the token server may be restarting: retry on the tick */
     return rc;
   }
   if ((rc = certstore_check_config(s, cfg, err, errlen)) != 0) {
@@ -162,6 +164,7 @@ int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_
     return rc;
   }
   keyring__alerts(s);
+  k->stale = false;
   config_ref((struct config *)cfg);
   config_unref(k->cfg);
   k->cfg = (struct config *)cfg;
@@ -217,9 +220,9 @@ static void keyring__check_run(struct cryptopool_job *job, struct hsm_worker *w)
 }
 
 void keyring_tick(struct keyring *k) {
-  if (!k->server || k->pool || !k->cfg) return;
+  if (!k->server || !k->cfg || (k->pool && !k->stale)) return;
   char err[256];
-  if (keyring__reconnect(k, k->cfg, err, sizeof err) != 0) log_debug("hsm: still no token server: %s", err);
+  if (keyring_reload(k, k->cfg, err, sizeof err) != 0) log_debug("hsm: still no token server: %s", err);
 }
 
 int keyring_check(struct keyring *k, const char *name, unsigned long count, struct buf *out, char *err,
