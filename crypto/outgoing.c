@@ -157,8 +157,7 @@ static int outgoing__reserve(const struct outgoing_request *rq, struct mime_spli
    * else is base64 (4/3, plus CRLF every 76).  Not reserving more than
    * needed lets the allocator reuse the freed original for it. */
   const struct config_sending_profile *p = rq->profile;
-  bool detached_out = p->sign_mode == CONFIG_SIGN_DETACHED &&
-                      (p->mode == CONFIG_MODE_SIGN || p->mode == CONFIG_MODE_TRIPLE || rq->plain_copy);
+  bool detached_out = p->sign_mode == CONFIG_SIGN_DETACHED && (p->mode == CONFIG_MODE_SIGN || rq->plain_copy);
   size_t body = detached_out ? len : len / 3 * 4 + len / 38;
   int rc = buf_reserve(out, ms->outer_len + body + 16384);
   if (rc == 0) rc = smime_compose(ms->outer, ms->outer_len, NULL, 0, out);
