@@ -323,7 +323,64 @@ static struct spool_msg *dl__build_dsn(struct delivery *dl, const struct spool_m
  * (failed too once the queue lifetime is over).
  */
 static void dl__after_attempt(struct delivery *dl, struct spool_msg *m,
+                              const struct smtp_client_reply *r, const char *hop);
+
+/* S/MIME processing frees a message's data once its entity is made.  A
+ * rewrite (some recipients done, some not) and a DSN (the original's
+ * header) need it again: read it back first, then finish the attempt. */
+struct dl_reread {
+  struct delivery *dl;
+  struct smtp_client_reply *r;
+  char hop[300];
+  bool has_hop;
+};
+
+static void dl__reread_done(struct spool_msg *m, int status, void *arg) {
+  struct dl_reread *rr = arg;
+  struct delivery *dl = rr->dl;
+  dl->jobs--;
+  if (status == 0) dl__after_attempt(dl, m, rr->r, rr->has_hop ? rr->hop : NULL);
+  else if (status == SG_ECORRUPT) dl__release(dl, m); /* moved to corrupt/, logged */
+  else dl__defer(dl, m);
+  free(rr->r);
+  free(rr);
+  shard_check_idle(dl->sh);
+}
+
+static bool dl__needs_data(const struct spool_msg *m, const struct smtp_client_reply *r) {
+  bool done = false, undone = false, failed = false;
+  for (size_t i = 0; i < m->env.n_rcpts; i++) {
+    done |= r[i].code / 100 == 2;
+    undone |= r[i].code / 100 != 2;
+    failed |= r[i].code / 100 == 5;
+  }
+  return !m->data && m->data_len > 0 && ((done && undone) || failed);
+}
+
+static bool dl__reread(struct delivery *dl, struct spool_msg *m, const struct smtp_client_reply *r,
+                       const char *hop) {
+  struct dl_reread *rr = calloc(1, sizeof *rr);
+  if (rr) rr->r = malloc(m->env.n_rcpts * sizeof *r);
+  if (!rr || !rr->r) {
+    if (rr) free(rr->r);
+    free(rr);
+    return false;
+  }
+  memcpy(rr->r, r, m->env.n_rcpts * sizeof *r);
+  rr->dl = dl;
+  rr->has_hop = hop != NULL;
+  snprintf(rr->hop, sizeof rr->hop, "%s", hop ? hop : "");
+  dl->jobs++;
+  if (spool_load(dl->sh->d->spool, m, &dl->sh->mb, dl__reread_done, rr) == 0) return true;
+  dl->jobs--;
+  free(rr->r);
+  free(rr);
+  return false;
+}
+
+static void dl__after_attempt(struct delivery *dl, struct spool_msg *m,
                               const struct smtp_client_reply *r, const char *hop) {
+  if (dl__needs_data(m, r) && dl__reread(dl, m, r, hop)) return;
   size_t n = m->env.n_rcpts, n_done = 0;
   struct dl_fin *f = calloc(1, sizeof *f);
   struct dsn_rcpt *dr = calloc(n, sizeof *dr);
@@ -589,7 +646,9 @@ static void dl__conn_next(struct dl_conn *cn) {
   dl->busy++;
   const char *bytes = m->smime ? m->wire : m->data; /* S/MIME output is 7-bit */
   size_t len = m->smime ? m->wire_len : m->data_len;
-  bool eightbit = !m->smime && (m->env.flags & SPOOL_F_8BITMIME) != 0;
+  /* Declaring 8BITMIME for 7-bit S/MIME output is harmless; not declaring
+   * it for an unprocessed copy (relay, plain split copy) would not be. */
+  bool eightbit = (m->env.flags & SPOOL_F_8BITMIME) != 0;
   int rc = smtp_client_send(cn->c, m->env.sender, m->env.rcpts, m->env.n_rcpts, bytes, len, eightbit,
                             dl__on_done, cn);
   if (rc != 0) {
@@ -643,9 +702,13 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
 /* ---- outgoing S/MIME ------------------------------------------------------- */
 
 /* A message is processed when its listener (in the current config) names a
- * sending profile; DSNs never are (they go back to our own sender). */
+ * sending profile; DSNs never are (they go back to our own sender).  One
+ * accepted under a profile (SPOOL_F_SMIME) is processed even if a reload
+ * renamed its listener or removed the profile: dl__smime_request then
+ * makes it wait instead of sending it unprocessed (fail closed). */
 static bool dl__profile_of(struct delivery *dl, const struct spool_msg *m) {
   if (m->env.flags & SPOOL_F_DSN) return false;
+  if (m->env.flags & SPOOL_F_SMIME) return true;
   struct config *cfg = daemon_config_get(dl->sh->d);
   const struct config_listener *l = config_listener_find(cfg, m->env.listener);
   bool yes = l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile);
@@ -661,6 +724,7 @@ struct dl_smime {
   struct spool_msg *m;
   struct config *cfg;        /* referenced: the profile points into it */
   char *data;                /* m's data, handed over while processing (outgoing may free it) */
+  size_t counted;            /* bytes counted in h->q_bytes while processing */
   struct outgoing_signer signer;
   struct outgoing_request rq;
   struct outgoing_result res;
@@ -696,7 +760,12 @@ static bool dl__smime_request(struct dl_smime *j) {
                                     j->data, j->m->data_len, &j->data, j->m->env.rcpts, j->m->env.n_rcpts,
                                     time(NULL)};
   j->res.status = OUTGOING_TEMP;
-  if (!p) { /* a reload removed the profile: relay as configured now */
+  if (!p && (j->m->env.flags & SPOOL_F_SMIME)) { /* accepted under a profile that is gone */
+    snprintf(j->res.reason, sizeof j->res.reason, "listener '%.80s' or its sending profile is no longer "
+             "configured; the message is not sent unprocessed", j->m->env.listener);
+    return false;
+  }
+  if (!p) { /* a profile added and removed again by reloads since routing: relay as configured now */
     j->res.action = "relay";
     j->res.status = buf_append(&j->res.out, j->data, j->m->data_len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
     return false;
@@ -726,6 +795,8 @@ static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool
   j->job.run = dl__smime_run;
   m->loading = true;
   dl->jobs++;
+  j->counted = m->data_len; /* the queue's memory bound covers messages being processed */
+  h->q_bytes += j->counted;
   if (!dl__smime_request(j) || keyring_submit(dl->sh->d->keys, &j->job) != 0) {
     if (j->res.status == OUTGOING_TEMP && !j->res.reason[0])
       snprintf(j->res.reason, sizeof j->res.reason, "token unreachable (the crypto workers are being rebuilt)");
@@ -903,6 +974,7 @@ static void dl__smime_done(void *arg) {
   struct spool_msg *m = j->m;
   dl->jobs--;
   m->loading = false;
+  h->q_bytes -= j->counted;
   m->data = j->data; /* back, unless outgoing freed it once the entity was made */
   j->data = NULL;
   m->action = j->res.action;
@@ -969,6 +1041,8 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
   else h->q_head = m;
   h->q_tail = m;
   m->smime = dl__profile_of(dl, m);
+  m->action = NULL; /* this attempt's, set again by its processing */
+  m->smime_ms = 0;
   if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
     free(m->data);
     m->data = NULL;

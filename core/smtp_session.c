@@ -418,7 +418,7 @@ static int sess__fill_envelope(struct smtp_session *s, struct spool_msg *m) {
   e->n_rcpts = s->n_rcpts;
   s->rcpts = NULL;
   s->n_rcpts = s->cap_rcpts = 0;
-  e->flags = s->body8 ? SPOOL_F_8BITMIME : 0;
+  e->flags = (s->body8 ? SPOOL_F_8BITMIME : 0) | (s->ls && s->ls->sending_profile ? SPOOL_F_SMIME : 0);
   snprintf(hop, sizeof hop, "%s:%u", s->ls->next_hop.addr.host, (unsigned)s->ls->next_hop.addr.port);
   e->listener = strdup(s->ls->name);
   e->next_hop = strdup(hop);

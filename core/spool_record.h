@@ -41,10 +41,12 @@ enum spool_flags {
   SPOOL_F_DSN = 1u << 1,      /* this message is a delivery status notification */
   SPOOL_F_PLAIN = 1u << 2,    /* the copy split off for recipients without encryption keys
                                  (missing_key_action: split): signed at most, never encrypted */
+  SPOOL_F_SMIME = 1u << 3,    /* accepted on a listener with a sending profile: never relayed
+                                 unprocessed, even if a reload removes the profile */
 };
 /* Every flag this version knows; a reader refuses others, so a new flag must
  * be added here (and, if old readers must not see it, bump the version). */
-#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN | SPOOL_F_PLAIN)
+#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN | SPOOL_F_PLAIN | SPOOL_F_SMIME)
 
 /* Envelope of a queued message.  Strings are NUL-terminated. */
 struct spool_envelope {

@@ -186,11 +186,12 @@ int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t 
   if (rc == 0) rc = keyring_reload(k, cfg, err, errlen);
   /* keyring_reload may have reconnected, and started the workers then. */
   if (rc == 0 && !k->pool) rc = cryptopool_start(k->hsm, cfg->hsm.workers, &k->pool, err, errlen);
-  if (rc == 0) {
-    char kerr[256];
-    if (keystore_open(cfg->key_store, false, &k->keys, kerr, sizeof kerr) != 0)
-      log_warn("key store %s: %s (no recipient has an encryption key)", cfg->key_store, kerr);
-  }
+  /* Opened (created if need be) for good now: LMDB shows every later
+   * commit of sealctl to this environment.  A store that cannot be opened
+   * stops the start: running on with "nobody has a key" would bounce,
+   * drop or send in plaintext what should be encrypted. */
+  if (rc == 0 && (rc = keystore_open(cfg->key_store, true, &k->keys, err, errlen)) != 0)
+    log_err("key store %s cannot be opened", cfg->key_store);
   if (rc == 0) log_info("crypto workers: %u", cryptopool_size(k->pool));
   return rc;
 }

@@ -36,29 +36,36 @@ static void outgoing__set(struct outgoing_result *res, enum outgoing_status st, 
   snprintf(res->reason, sizeof res->reason, fmt, detail);
 }
 
-/* Every recipient's certificate into *certs_out; false (and keyed[] filled)
- * when one or more have none. */
-static bool outgoing__keys(const struct outgoing_request *rq, struct outgoing_result *res,
-                           STACK_OF(X509) **certs_out) {
+/* Every recipient's certificate into *certs_out.  Returns 0 when all have
+ * one, SG_ENOTFOUND (keyed[] filled) when some have none, or another code
+ * when the store could not answer: that must never read as "no key",
+ * which would send plaintext (split) or lose mail (drop). */
+static int outgoing__keys(const struct outgoing_request *rq, struct outgoing_result *res,
+                          STACK_OF(X509) **certs_out) {
   STACK_OF(X509) *certs = sk_X509_new_null();
   res->keyed = calloc(rq->n_rcpts ? rq->n_rcpts : 1, sizeof *res->keyed);
   res->n_keyed = rq->n_rcpts;
-  bool all = certs && res->keyed;
-  for (size_t i = 0; res->keyed && certs && i < rq->n_rcpts; i++) {
+  int rc = certs && res->keyed ? 0 : SG_ENOMEM;
+  bool all = true;
+  for (size_t i = 0; rc == 0 && i < rq->n_rcpts; i++) {
     X509 *x = NULL;
-    if (rq->keys && keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x) == 0 && sk_X509_push(certs, x)) {
+    int lr = rq->keys ? keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x) : SG_ENOTFOUND;
+    if (lr == 0 && sk_X509_push(certs, x)) {
       res->keyed[i] = true;
     } else {
       X509_free(x);
       all = false;
+      if (lr == 0) rc = SG_ENOMEM;
+      else if (lr != SG_ENOTFOUND && lr != SG_EINVAL) rc = lr; /* EINVAL: an address no key can match */
     }
   }
-  if (!all) {
-    sk_X509_pop_free(certs, X509_free);
-    certs = NULL;
+  if (rc == 0 && all) {
+    *certs_out = certs;
+    return 0;
   }
-  *certs_out = certs;
-  return all;
+  sk_X509_pop_free(certs, X509_free);
+  *certs_out = NULL;
+  return rc ? rc : SG_ENOTFOUND;
 }
 
 struct outgoing_layers {
@@ -176,8 +183,13 @@ void outgoing_process(struct hsm_worker *w, const struct outgoing_request *rq, s
     return;
   }
   struct outgoing_layers L = {.w = w, .rq = rq, .res = res};
-  if (encrypts && !outgoing__keys(rq, res, &L.certs)) {
+  int krc = encrypts ? outgoing__keys(rq, res, &L.certs) : 0;
+  if (krc == SG_ENOTFOUND) {
     res->status = OUTGOING_NOKEYS;
+    return;
+  }
+  if (krc) {
+    outgoing__set(res, OUTGOING_TEMP, "the key store could not be read (%s)", sgerr_str(krc));
     return;
   }
   struct mime_split ms = {0};

@@ -108,6 +108,7 @@ static void print_flags(uint32_t flags) {
   if (flags & SPOOL_F_8BITMIME) printf(" 8BITMIME");
   if (flags & SPOOL_F_DSN) printf(" DSN");
   if (flags & SPOOL_F_PLAIN) printf(" PLAIN");
+  if (flags & SPOOL_F_SMIME) printf(" SMIME");
   printf("\n");
 }
 

@@ -539,7 +539,7 @@ static void test_content_checks(void **state) {
   o = (struct raw_opts){.skip = 'Q', .before = 'Q', .extra_type = 'Q', .extra = "a/b",
                         .extra_len = 3};
   assert_string_equal(raw_why(&o), "bad queue id");
-  o = (struct raw_opts){.skip = 'F', .before = 'F', .extra_type = 'F', .extra = "\10\0\0\0", /* bit 3: past SPOOL_F_PLAIN */
+  o = (struct raw_opts){.skip = 'F', .before = 'F', .extra_type = 'F', .extra = "\20\0\0\0", /* bit 4: past SPOOL_F_SMIME */
                         .extra_len = 4};
   assert_string_equal(raw_why(&o), "unknown flags");
   /* End record details: marker and checksum. */

@@ -50,13 +50,13 @@ def recipient(tmp, address, key="rsa"):
 class Setup:
     """A FakeHop and a gateway whose listener uses profile p."""
 
-    def __init__(self, mode, keys=(), **profile):
-        self.hop = sgtest.FakeHop()
+    def __init__(self, mode, keys=(), reply=None, setup=None, **profile):
+        self.hop = sgtest.FakeHop(reply=reply)
         self.cm = sgtest.gateway(self.hop.port, yaml=profile_yaml(mode, **profile),
                                  limits={"retry_min": '"1s"', "retry_max": '"2s"'},
                                  edits=[("    flow_policy: default\n",
                                          "    flow_policy: default\n    sending_profile: p\n")],
-                                 start=False)
+                                 start=False, setup=setup)
         self.gw = self.cm.__enter__()
         self.tmp = self.gw.base
         self.org = os.path.join(self.tmp, "org.pem")
@@ -313,12 +313,66 @@ def test_token_server_killed_under_load_loses_nothing():
             verify(s, write(s.tmp, "m.eml", t["data"]))
 
 
+# ---------------------------------------------------------------- review fixes
+
+def test_partial_delivery_is_not_repeated():
+    """A processed message frees its original; when one recipient is done
+    and another deferred, the spool file must still be rewritten (read back
+    first), so a restart does not send the first one a second copy."""
+    def reply(stage, t):
+        if stage == "RCPT" and "later@" in t["rcpt"]:
+            return "451 4.2.0 later"
+    with Setup("sign", reply=reply) as s:
+        s.send(["bob@example.net", "later@example.net"], "partial@test")
+        assert s.hop.wait_count(1, 30) >= 1, s.gw.log()[-3000:]
+        assert sgtest.wait_for(lambda: "cannot rewrite" not in s.gw.log() and
+                               "later@" in s.gw.sealctl("queue", "list").stdout and
+                               "bob@" not in s.gw.sealctl("queue", "list").stdout, 15), \
+            (s.gw.sealctl("queue", "list").stdout, s.gw.log()[-3000:])
+        s.gw.restart()
+        time.sleep(3)
+        bobs = [t for t in s.hop.accepted if "bob@example.net" in rcpts(t)]
+        assert len(bobs) == 1, (len(bobs), s.gw.log()[-3000:])
+
+
+def test_key_store_created_at_start_sees_later_keys():
+    """Started without a key store folder, the daemon creates it, and a key
+    added afterwards is used: nothing goes out unencrypted."""
+    import shutil
+    with Setup("encrypt", missing_key_action="split",
+               setup=lambda gw: shutil.rmtree(os.path.join(gw.dir, "keys"))) as s:
+        s.add_key("bob@example.net")
+        s.send(["bob@example.net"], "late-key@test")
+        data = one_txn(s)["data"]
+        assert b"enveloped-data" in data and b"quarterly" not in data, data[:600]
+
+
+def test_renamed_listener_never_sends_plaintext():
+    """Mail accepted under a profile waits when a reload renames its
+    listener: it is never relayed unprocessed."""
+    first = {"n": 0}
+
+    def reply(stage, t):
+        if stage == "MAIL" and first["n"] == 0:
+            first["n"] += 1
+            return "451 4.3.0 not yet"
+    with Setup("encrypt", keys=["bob@example.net"], reply=reply) as s:
+        s.send(["bob@example.net"], "renamed@test")
+        assert sgtest.wait_for(lambda: first["n"] == 1, 15)
+        s.gw.edit_config("  - name: main\n", "  - name: renamed\n")
+        assert s.gw.sealctl("reload").returncode == 0, s.gw.log()[-2000:]
+        s.gw.sealctl("queue", "flush")
+        assert sgtest.wait_for(lambda: "no longer configured" in s.gw.log(), 20), s.gw.log()[-3000:]
+        assert all(b"quarterly" not in t["data"] for t in s.hop.accepted)
+
+
 def main():
     return sgtest.run_tests([
         test_sign_detached, test_sign_opaque, test_encrypt_cbc_and_gcm, test_encrypt_ec_recipient_and_oaep,
         test_sign_encrypt, test_triple_wrap, test_multipart_attachment_roundtrip, test_missing_key_bounce,
         test_missing_key_drop, test_missing_key_split, test_token_unreachable_waits_then_delivers,
-        test_token_server_killed_under_load_loses_nothing,
+        test_token_server_killed_under_load_loses_nothing, test_partial_delivery_is_not_repeated,
+        test_key_store_created_at_start_sees_later_keys, test_renamed_listener_never_sends_plaintext,
     ])
 
 
