@@ -539,6 +539,36 @@ static void ks__name_for(X509 *x, size_t block, char *out) {
   if (!out[0]) snprintf(out, KEYSTORE_NAME_MAX + 1, "key-%zu", block);
 }
 
+static int ks__email_is(void *arg, enum ks_kind kind, const char *id) {
+  return kind == KS_EMAIL && strcmp(id, arg) == 0;
+}
+
+/* The name is one of the certificate's own e-mail addresses, unchanged:
+ * a newer certificate for that address replaces the old one. */
+static bool ks__is_own_email(X509 *x, const char *name) { return ks__ids(x, ks__email_is, (void *)name) == 1; }
+
+/* An automatic name must never replace another address's key (two
+ * addresses can map to one name once odd characters become '-'): keep
+ * name if it is free or already holds this very certificate, else the
+ * first free "name-N".  Explicitly named blocks replace, by design. */
+static void ks__auto_unique(struct keystore *ks, MDB_txn *txn, char *name, X509 *x) {
+  char base[KEYSTORE_NAME_MAX - 7], cand[KEYSTORE_NAME_MAX + 1]; /* base + "-NNNNN" fits */
+  snprintf(base, sizeof base, "%s", name);
+  for (unsigned i = 1; i < 100000; i++) {
+    if (i == 1) snprintf(cand, sizeof cand, "%s", name);
+    else snprintf(cand, sizeof cand, "%s-%u", base, i);
+    MDB_val k = {strlen(cand), cand}, v;
+    X509 *old = NULL;
+    int rc = mdb_get(txn, ks->pubkeys, &k, &v);
+    bool same = rc == 0 && ks__decode(&v, &old, NULL) == 0 && X509_cmp(old, x) == 0;
+    X509_free(old);
+    if (rc == MDB_NOTFOUND || same) {
+      memcpy(name, cand, sizeof cand);
+      return;
+    }
+  }
+}
+
 /* The first OpenSSL reason on the error queue, for messages. */
 static const char *ks__ssl_reason(void) {
   const char *r = ERR_reason_error_string(ERR_peek_error());
@@ -560,7 +590,8 @@ static int ks__import_block(struct ks_import *im) {
   }
   char name[KEYSTORE_NAME_MAX + 1];
   if (im->name[0]) memcpy(name, im->name, sizeof name);
-  else ks__name_for(x, im->n_blocks, name);
+  else if (ks__name_for(x, im->n_blocks, name), !ks__is_own_email(x, name))
+    ks__auto_unique(im->ks, im->txn, name, x);
   im->name[0] = '\0';
   if ((rc = ks__cert_check(x, why, sizeof why)) != 0 ||
       (rc = ks__store(im->ks, im->txn, name, x, true, why, sizeof why)) != 0)

@@ -422,6 +422,27 @@ static void test_import_bad_block_changes_nothing(void **state) {
   X509_free(keep);
 }
 
+/* Two addresses whose automatic names collide ('/' becomes '-') keep both
+ * keys: an import must not make one of them keyless. */
+static void test_import_auto_names_never_collide(void **state) {
+  struct fx *f = *state;
+  X509 *first = enc_cert("email:a-b@x.example"), *second = enc_cert("email:a/b@x.example");
+  char *a = pem_of(first), *b = pem_of(second), text[8192];
+  snprintf(text, sizeof text, "%s%s", a, b);
+  const char *path = file_path("collide.pem");
+  write_text(path, text);
+  char err[512] = "";
+  size_t n;
+  if (import_file(f->ks, path, &n, err, sizeof err)) fail_msg("import: %s", err);
+  assert_int_equal(n, 2);
+  expect_found(f->ks, "a-b@x.example", first);
+  expect_found(f->ks, "a/b@x.example", second);
+  free(a);
+  free(b);
+  X509_free(first);
+  X509_free(second);
+}
+
 /* Plain concatenated PEM: names from the first e-mail, else the CN, else
  * key-N; a name already in the store is replaced, index entries too. */
 static void test_import_plain_pem_names(void **state) {
@@ -639,6 +660,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_latest_not_before_wins, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_export_import_round_trip, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_import_bad_block_changes_nothing, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_import_auto_names_never_collide, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_import_plain_pem_names, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_import_10000, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_concurrent_readers_and_writer, fx_setup, fx_teardown),
