@@ -77,23 +77,48 @@ struct outgoing_layers {
   struct buf inner; /* the layer below the outermost, while the next is made */
 };
 
-/* Sign in, appending to out; a failed private-key operation is a token
+/* Sign in, appending to out, or (around != NULL) around the entity at
+ * around->data[off..] in place; a failed private-key operation is a token
  * outage (retry) or a signing failure (R25, bounce). */
-static int outgoing__sign(struct outgoing_layers *L, const char *in, size_t len, struct buf *out) {
+static int outgoing__sign(struct outgoing_layers *L, const char *in, size_t len, struct buf *out,
+                          struct buf *around, size_t off) {
   char err[200]; /* fits the result's reason with its prefix */
   enum smime_sign_mode sm = L->rq->profile->sign_mode == CONFIG_SIGN_OPAQUE ? SMIME_SIGN_OPAQUE : SMIME_SIGN_DETACHED;
-  int rc = smime_sign(in, len, &L->signer, sm, out, err, sizeof err);
+#define OUTGOING_SIGN() (around ? smime_sign_around(around, off, &L->signer, err, sizeof err) \
+                                : smime_sign(in, len, &L->signer, sm, out, err, sizeof err))
+  int rc = OUTGOING_SIGN();
   /* A signature the token refused on a connection that looks healthy may
    * still be a server that died and came back in between: once more on a
    * fresh connection, and only a second refusal is the key's (R25). */
   if (rc != 0 && hsm_worker_check(L->w) != SG_ETEMP) {
     hsm_worker_reset(L->w);
-    if ((rc = hsm_worker_pkey(L->w, &L->rq->signer->ref, &L->signer.key)) == 0)
-      rc = smime_sign(in, len, &L->signer, sm, out, err, sizeof err);
+    if ((rc = hsm_worker_pkey(L->w, &L->rq->signer->ref, &L->signer.key)) == 0) rc = OUTGOING_SIGN();
   }
+#undef OUTGOING_SIGN
   if (rc == 0) return 0;
   if (hsm_worker_check(L->w) == SG_ETEMP) outgoing__set(L->res, OUTGOING_TEMP, "token unreachable: %s", err);
   else outgoing__set(L->res, OUTGOING_FAIL, "signing failed: %s", err);
+  return rc;
+}
+
+/* Triple wrap's outer detached signature over the encrypted layer, made in
+ * that layer's own buffer (outer header slid in front of it), which then
+ * becomes the message: the largest layer is never held twice. */
+static int outgoing__sign_last_around(struct outgoing_layers *L, struct buf *out) {
+  size_t hl = out->len; /* out holds the outer header and MIME-Version */
+  if (buf_reserve(&L->inner, hl) != 0) {
+    outgoing__set(L->res, OUTGOING_TEMP, "%s", "out of memory");
+    return SG_ENOMEM;
+  }
+  memmove(L->inner.data + hl, L->inner.data, L->inner.len);
+  memcpy(L->inner.data, out->data, hl);
+  L->inner.len += hl;
+  int rc = outgoing__sign(L, NULL, 0, NULL, &L->inner, hl);
+  if (rc == 0) {
+    buf_free(out);
+    *out = L->inner;
+    L->inner = (struct buf)BUF_INIT;
+  }
   return rc;
 }
 
@@ -121,13 +146,21 @@ static int outgoing__wrap(struct outgoing_layers *L, struct mime_split *ms, stru
   if (signs) steps[n++] = 's';
   if (encrypts) steps[n++] = 'e';
   if (encrypts && mode == CONFIG_MODE_TRIPLE) steps[n++] = 's';
+  bool around = n == 3 && L->rq->profile->sign_mode == CONFIG_SIGN_DETACHED;
   struct buf layer = BUF_INIT;
   int rc = 0;
   for (int i = 0; rc == 0 && i < n; i++) {
+    if (around && i == n - 1) {
+      rc = outgoing__sign_last_around(L, out);
+      break;
+    }
     const char *in = i == 0 ? ms->entity : L->inner.data;
     size_t len = i == 0 ? ms->entity_len : L->inner.len;
     struct buf *dst = i == n - 1 ? out : &layer;
-    rc = steps[i] == 's' ? outgoing__sign(L, in, len, dst) : outgoing__encrypt(L, in, len, dst);
+    /* The layer the outer signature goes around gets its room now, so it
+     * never moves (and is never copied) later. */
+    if (around && i == n - 2 && buf_reserve(dst, len / 3 * 4 + len / 38 + out->len + 65536) != 0) rc = SG_ENOMEM;
+    if (rc == 0) rc = steps[i] == 's' ? outgoing__sign(L, in, len, dst, NULL, 0) : outgoing__encrypt(L, in, len, dst);
     if (i == 0) { /* the entity is no longer needed */
       free(ms->entity);
       ms->entity = NULL;

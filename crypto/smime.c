@@ -369,22 +369,62 @@ static int make_boundary(const char *entity, size_t len, char *b, size_t cap) {
   return -1;
 }
 
-static int write_detached(CMS_ContentInfo *cms, const char *entity, size_t len, struct buf *out,
-                          char *err, size_t errlen) {
+/* The multipart/signed framing around an entity: what goes before it
+ * (header, preamble, first boundary) and after it (the signature part and
+ * the closing boundary).  Appended to pre and post. */
+static int detached_parts(CMS_ContentInfo *cms, const char *entity, size_t len, struct buf *pre,
+                          struct buf *post, char *err, size_t errlen) {
   char bd[64];
   if (make_boundary(entity, len, bd, sizeof bd) != 0)
     return fail(err, errlen, SG_EIO, "signing: no random boundary");
-  if (reserve_for(out, len, false) != 0 ||
-      buf_appendf(out,
+  if (buf_appendf(pre,
                   "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\"; "
                   "micalg=sha-256; boundary=\"%s\"\r\n\r\n"
                   "This is an S/MIME signed message\r\n\r\n--%s\r\n",
                   bd, bd) != 0 ||
-      buf_append(out, entity, len) != 0 || buf_appendf(out, "\r\n--%s\r\n%s", bd, P7S_HEADER) != 0)
+      buf_appendf(post, "\r\n--%s\r\n%s", bd, P7S_HEADER) != 0)
     return fail(err, errlen, SG_ENOMEM, "signing: out of memory");
-  int rc = write_der(cms, out, err, errlen);
-  if (rc == 0 && buf_appendf(out, "\r\n--%s--\r\n", bd) != 0)
+  int rc = write_der(cms, post, err, errlen);
+  if (rc == 0 && buf_appendf(post, "\r\n--%s--\r\n", bd) != 0)
     rc = fail(err, errlen, SG_ENOMEM, "signing: out of memory");
+  return rc;
+}
+
+static int write_detached(CMS_ContentInfo *cms, const char *entity, size_t len, struct buf *out,
+                          char *err, size_t errlen) {
+  struct buf post = BUF_INIT;
+  int rc = reserve_for(out, len, false) != 0 ? fail(err, errlen, SG_ENOMEM, "signing: out of memory") : 0;
+  if (rc == 0) rc = detached_parts(cms, entity, len, out, &post, err, errlen);
+  if (rc == 0 && (buf_append(out, entity, len) != 0 || buf_append(out, post.data, post.len) != 0))
+    rc = fail(err, errlen, SG_ENOMEM, "signing: out of memory");
+  buf_free(&post);
+  return rc;
+}
+
+int smime_sign_around(struct buf *io, size_t off, const struct smime_signer *s, char *err, size_t errlen) {
+  if (err != NULL && errlen > 0) err[0] = '\0';
+  if (io == NULL || off > io->len || s == NULL || s->key == NULL || s->cert == NULL)
+    return fail(err, errlen, SG_EINVAL, "signing: no entity, key or certificate");
+  const char *entity = io->data + off;
+  size_t len = io->len - off;
+  CMS_ContentInfo *cms = NULL;
+  CMS_SignerInfo *si = NULL;
+  struct buf pre = BUF_INIT, post = BUF_INIT;
+  int rc = build_signed(s, true, &cms, &si, err, errlen);
+  if (rc == 0) rc = sign_detached_cms(cms, entity, len, err, errlen);
+  if (rc == 0) rc = detached_parts(cms, entity, len, &pre, &post, err, errlen);
+  /* Make room, slide the entity up and put the framing around it: the
+   * entity is never held twice. */
+  if (rc == 0 && buf_reserve(io, pre.len + post.len) != 0) rc = fail(err, errlen, SG_ENOMEM, "signing: out of memory");
+  if (rc == 0) {
+    memmove(io->data + off + pre.len, io->data + off, len);
+    memcpy(io->data + off, pre.data, pre.len);
+    io->len += pre.len;
+    buf_append(io, post.data, post.len); /* room reserved above: cannot fail */
+  }
+  buf_free(&pre);
+  buf_free(&post);
+  CMS_ContentInfo_free(cms);
   return rc;
 }
 

@@ -61,6 +61,15 @@ int smime_sign(const char *entity, size_t len, const struct smime_signer *s,
                enum smime_sign_mode mode, struct buf *out, char *err, size_t errlen);
 
 /*
+ * The same detached signature, made around an entity that is already in a
+ * buffer: io->data[off..len) is the entity; on success the framing is put
+ * around it in place (io grows by the header and the signature part), so
+ * a large entity is never copied.  On failure io is unchanged.
+ */
+int smime_sign_around(struct buf *io, size_t off, const struct smime_signer *s, char *err,
+                      size_t errlen);
+
+/*
  * Encrypt entity for every certificate in rcpts (RSA key transport, or
  * ECDH for EC recipients with OpenSSL's defaults) and append the MIME
  * entity "Content-Type: application/pkcs7-mime;
