@@ -25,6 +25,7 @@ import base64
 import binascii
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -243,7 +244,18 @@ class Gpgsm:
         p12 = os.path.join(self.s.tmp, addr + ".p12")
         run("openssl", "pkcs12", "-export", "-legacy", "-in", pem, "-inkey", key, "-out", p12,
             "-passout", "pass:" + P12_PASS)
-        r = self.ok("--import", p12, passphrase=P12_PASS)
+        # gpgsm's PKCS#12 import goes through a freshly started gpg-agent and
+        # the loopback passphrase; under load it sometimes reads no
+        # passphrase ("decryption failed; trying charset ..."). That is the
+        # harness, not our output: try again with a restarted agent.
+        for attempt in range(3):
+            r = self.run("--import", p12, passphrase=P12_PASS)
+            if r.returncode == 0:
+                break
+            subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=self.env, capture_output=True)
+            time.sleep(0.5)
+        assert r.returncode == 0, self.s.why("gpgsm --import %s failed (%d):\n%s\n%s"
+                                             % (p12, r.returncode, r.stdout, r.stderr))
         assert "IMPORT_OK" in r.stdout and "secret keys imported: 1" in r.stderr, (r.stdout, r.stderr)
 
     def verify_detached(self, entity, name):
