@@ -427,6 +427,8 @@ static void test_import_bad_block_changes_nothing(void **state) {
 static void test_import_auto_names_never_collide(void **state) {
   struct fx *f = *state;
   X509 *first = enc_cert("email:a-b@x.example"), *second = enc_cert("email:a/b@x.example");
+  X509_up_ref(first); /* pem_of consumes its certificate */
+  X509_up_ref(second);
   char *a = pem_of(first), *b = pem_of(second), text[8192];
   snprintf(text, sizeof text, "%s%s", a, b);
   const char *path = file_path("collide.pem");
