@@ -2,6 +2,8 @@
 #include "core/sgerr.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 const char *sgerr_str(int code) {
   switch (code) {
@@ -39,4 +41,14 @@ int sgerr_from_errno(int err) {
     case EINVAL: return SG_EINVAL;
     default: return SG_EIO;
   }
+}
+
+int sgerr_fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return code;
 }

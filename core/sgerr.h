@@ -10,6 +10,8 @@
 #ifndef SEALGATE_SGERR_H
 #define SEALGATE_SGERR_H
 
+#include <stddef.h>
+
 enum sgerr {
   SG_OK = 0,
   SG_ENOMEM = -1,     /* allocation failed */
@@ -32,6 +34,11 @@ enum sgerr {
 
 /* Static, never NULL; unknown codes give "unknown error". */
 const char *sgerr_str(int code);
+
+/* Write a formatted reason into err (errlen bytes, may be 0) and return
+ * code: the one-line way every module fills its err out-parameter. */
+int sgerr_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Map an errno value (positive) to the closest sealgate code. */
 int sgerr_from_errno(int err);

@@ -52,16 +52,7 @@
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
 
-__attribute__((format(printf, 4, 5)))
-static int cert__fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
+#define cert__fail sgerr_fail /* core/sgerr.h */
 
 /* An OpenSSL call failed: say what we were doing and OpenSSL's reason (the
  * oldest error, the one that started it), then empty the thread's queue so

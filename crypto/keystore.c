@@ -65,16 +65,7 @@ static struct keystore *ks__open_list;
 
 /* ---- errors ----------------------------------------------------------------- */
 
-__attribute__((format(printf, 4, 5)))
-static int ks__fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return rc;
-}
+#define ks__fail sgerr_fail /* core/sgerr.h */
 
 static int ks__rc(int mdb_rc) {
   switch (mdb_rc) {

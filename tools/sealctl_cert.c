@@ -338,8 +338,10 @@ static void ctl_cert_row(const struct ctl *c, const struct certstore_entry *e, b
   cert_info_free(&ci);
 }
 
-static int ctl_cert_list(const struct ctl *c) {
-  if (c->argc != 2) return ctl_usage_error("cert list takes no argument ('%s')", c->argv[2]);
+/* Open the token read-only, load its certificates, run op, close. */
+typedef void (*ctl_store_op)(const struct ctl *c, const struct certstore *s);
+
+static int ctl_with_store(const struct ctl *c, ctl_store_op op) {
   struct ctl_tok t;
   int rc = ctl_tok_open(c, false, &t);
   if (rc) return rc;
@@ -347,14 +349,23 @@ static int ctl_cert_list(const struct ctl *c) {
   if ((rc = certstore_load(t.hsm, &s)) != 0) {
     fprintf(stderr, "sealctl: cannot list the token: %s\n", sgerr_str(rc));
   } else {
-    if (c->json) printf("[");
-    else printf("%-16s %-9s %-21s %-13s %4s  %s\n", "NAME", "KEY", "NOT AFTER", "USES", "KEYS", "SUBJECT");
-    for (size_t i = 0; i < s->n; i++) ctl_cert_row(c, &s->entries[i], i == 0);
-    if (c->json) printf("]\n");
+    op(c, s);
     certstore_free(s);
   }
   ctl_tok_close(&t, false);
   return rc ? 1 : 0;
+}
+
+static void ctl_op_list(const struct ctl *c, const struct certstore *s) {
+  if (c->json) printf("[");
+  else printf("%-16s %-9s %-21s %-13s %4s  %s\n", "NAME", "KEY", "NOT AFTER", "USES", "KEYS", "SUBJECT");
+  for (size_t i = 0; i < s->n; i++) ctl_cert_row(c, &s->entries[i], i == 0);
+  if (c->json) printf("]\n");
+}
+
+static int ctl_cert_list(const struct ctl *c) {
+  if (c->argc != 2) return ctl_usage_error("cert list takes no argument ('%s')", c->argv[2]);
+  return ctl_with_store(c, ctl_op_list);
 }
 
 static void ctl_cert_print(const struct ctl *c, const char *name, const struct cert_info *ci, const char *uri,
@@ -554,23 +565,16 @@ static int ctl_alert_rows(const struct ctl *c, const struct certstore *s) {
   return n;
 }
 
+static void ctl_op_alerts(const struct ctl *c, const struct certstore *s) {
+  if (c->json) printf("[");
+  int n = ctl_alert_rows(c, s);
+  if (c->json) printf("]\n");
+  else if (n == 0) printf("no alerts\n");
+}
+
 int ctl_alerts(const struct ctl *c) {
   if (c->argc != 2 || strcmp(c->argv[1], "list") != 0) return ctl_usage_error("alerts needs 'list'%s", "");
-  struct ctl_tok t;
-  int rc = ctl_tok_open(c, false, &t);
-  if (rc) return rc;
-  struct certstore *s;
-  if ((rc = certstore_load(t.hsm, &s)) != 0) {
-    fprintf(stderr, "sealctl: cannot list the token: %s\n", sgerr_str(rc));
-  } else {
-    if (c->json) printf("[");
-    int n = ctl_alert_rows(c, s);
-    if (c->json) printf("]\n");
-    else if (n == 0) printf("no alerts\n");
-    certstore_free(s);
-  }
-  ctl_tok_close(&t, false);
-  return rc ? 1 : 0;
+  return ctl_with_store(c, ctl_op_alerts);
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

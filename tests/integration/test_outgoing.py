@@ -50,13 +50,13 @@ def recipient(tmp, address, key="rsa"):
 class Setup:
     """A FakeHop and a gateway whose listener uses profile p."""
 
-    def __init__(self, mode, keys=(), reply=None, setup=None, **profile):
+    def __init__(self, mode, keys=(), reply=None, setup=None, init_args=(), **profile):
         self.hop = sgtest.FakeHop(reply=reply)
         self.cm = sgtest.gateway(self.hop.port, yaml=profile_yaml(mode, **profile),
                                  limits={"retry_min": '"1s"', "retry_max": '"2s"'},
                                  edits=[("    flow_policy: default\n",
                                          "    flow_policy: default\n    sending_profile: p\n")],
-                                 start=False, setup=setup)
+                                 start=False, setup=setup, init_args=init_args)
         self.gw = self.cm.__enter__()
         self.tmp = self.gw.base
         self.org = os.path.join(self.tmp, "org.pem")

@@ -41,26 +41,8 @@ P12_PASS = "s3cret-p12"
 # ---------------------------------------------------------------- the gateway
 
 class Gate(Setup):
-    """test_outgoing.Setup with `sealctl init` arguments (e.g. an EC
-    organisation key); the rest is Setup's.  Setup's own constructor passes
-    none, so its body is copied here with init_args added."""
-
-    def __init__(self, mode, keys=(), init_args=(), **profile):
-        self.hop = sgtest.FakeHop()
-        self.cm = sgtest.gateway(self.hop.port, yaml=profile_yaml(mode, **profile),
-                                 limits={"retry_min": '"1s"', "retry_max": '"2s"'},
-                                 edits=[("    flow_policy: default\n",
-                                         "    flow_policy: default\n    sending_profile: p\n")],
-                                 start=False, init_args=init_args)
-        self.gw = self.cm.__enter__()
-        self.tmp = self.gw.base
-        self.org = os.path.join(self.tmp, "org.pem")
-        with open(self.org, "w") as f:
-            f.write(self.gw.sealctl("cert", "export", "org", check=True).stdout)
-        self.keys = {}
-        for addr in keys:
-            self.add_key(addr)
-        self.gw.start()
+    """test_outgoing.Setup (which takes `sealctl init` arguments, e.g. an
+    EC organisation key) with a raw send for MAIL FROM parameters."""
 
     def send_raw(self, rcpts_, msg, mail_params=""):
         """One transaction with an optional MAIL FROM parameter (e.g.
