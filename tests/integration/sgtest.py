@@ -536,6 +536,26 @@ class Instance:
         self.close()
 
 
+def sealctl_ok(gw, *args, timeout=60):
+    """`sealctl ARGS` on gw must exit 0 without a sanitizer report; its stdout."""
+    r = gw.sealctl(*args, timeout=timeout)
+    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+    assert_no_sanitizer_report(r.stderr)
+    return r.stdout
+
+
+def sealctl_fails(gw, *args, code=1, says=None):
+    """`sealctl ARGS` on gw must exit code, name `says` (case-insensitive) on
+    stderr, and neither crash nor leave a sanitizer report; its stderr."""
+    r = gw.sealctl(*args)
+    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
+    if says:
+        assert says.lower() in r.stderr.lower(), (says, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert_no_sanitizer_report(r.stderr)
+    return r.stderr
+
+
 def limits_yaml(limits):
     """A `limits:` YAML block from a dict of already-quoted values, e.g.
     {"message_size": '"10K"', "recipients": "5"}."""

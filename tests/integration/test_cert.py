@@ -33,19 +33,7 @@ def instance(*init_args):
     return sgtest.Instance(next_hop=sgtest.free_port(), init_args=init_args)
 
 
-def ok(gw, *args):
-    r = gw.sealctl(*args)
-    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
-    return r.stdout
-
-
-def fails(gw, *args, code=1, says=None):
-    r = gw.sealctl(*args)
-    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
-    if says:
-        assert says.lower() in r.stderr.lower(), (says, r.stderr)
-    assert "Traceback" not in r.stderr and "AddressSanitizer" not in r.stderr, r.stderr
-    return r.stderr
+ok, fails = sgtest.sealctl_ok, sgtest.sealctl_fails
 
 
 def certs(gw):

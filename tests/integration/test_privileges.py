@@ -53,10 +53,7 @@ def test_drop_to_nobody():
             assert "running as user nobody" in gw.log(), gw.log()[-2000:]
             assert gw.stop() == 0, gw.log()[-2000:]
         finally:
-            gw.stop(10)
-            log = gw.log()
-            gw.close()
-            sgtest.assert_no_sanitizer_report(log, tail=4000)
+            sgtest.dispose(gw)
 
 
 def test_unknown_user_refused():
@@ -140,10 +137,7 @@ def test_token_server_has_its_own_user():
             assert gw.stop() == 0, gw.log()[-2000:]
             assert sgtest.wait_for(lambda: not server_pids(gw), 10), server_pids(gw)
         finally:
-            gw.stop(10)
-            log = gw.log()
-            gw.close()
-            sgtest.assert_no_sanitizer_report(log, tail=4000)
+            sgtest.dispose(gw)
 
 
 def test_root_sealctl_never_follows_planted_symlinks():
@@ -177,10 +171,7 @@ def test_root_sealctl_never_follows_planted_symlinks():
             assert r.returncode == 0, (r.stdout, r.stderr, gw.log()[-2000:])
             assert gw.stop() == 0
         finally:
-            gw.stop(10)
-            log = gw.log()
-            gw.close()
-            sgtest.assert_no_sanitizer_report(log, tail=4000)
+            sgtest.dispose(gw)
 
 
 def test_inprocess_token_with_user():
@@ -199,10 +190,7 @@ def test_inprocess_token_with_user():
             assert r.returncode == 0 and "10 verified" in r.stdout, (r.stdout, r.stderr, gw.log()[-2000:])
             assert gw.stop() == 0, gw.log()[-2000:]
         finally:
-            gw.stop(10)
-            log = gw.log()
-            gw.close()
-            sgtest.assert_no_sanitizer_report(log, tail=4000)
+            sgtest.dispose(gw)
 
 
 def main():

@@ -38,20 +38,7 @@ def instance():
     return sgtest.Instance(next_hop=sgtest.free_port())
 
 
-def ok(gw, *args, timeout=60):
-    r = gw.sealctl(*args, timeout=timeout)
-    assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
-    sgtest.assert_no_sanitizer_report(r.stderr)
-    return r.stdout
-
-
-def fails(gw, *args, code=1, says=None):
-    r = gw.sealctl(*args)
-    assert r.returncode == code, (args, r.returncode, r.stdout, r.stderr)
-    if says:
-        assert says.lower() in r.stderr.lower(), (says, r.stderr)
-    sgtest.assert_no_sanitizer_report(r.stderr)
-    return r.stderr
+ok, fails = sgtest.sealctl_ok, sgtest.sealctl_fails
 
 
 def pubkeys(gw):
