@@ -741,22 +741,27 @@ static int ks__probe(struct keystore *ks, MDB_txn *txn, MDB_dbi dbi, const char 
   return rc == MDB_NOTFOUND ? 0 : ks__rc(rc);
 }
 
-/* The address's three tiers in order: e-mail, exact domain, wildcard. */
-static int ks__lookup(struct keystore *ks, MDB_txn *txn, const char *addr, time_t now, X509 **best) {
+/* One tier of the lookup (keystore.h): the e-mail index for an address;
+ * for a domain the exact SAN DNS name, then a wildcard one label up. */
+static int ks__lookup(struct keystore *ks, MDB_txn *txn, enum keystore_tier tier, const char *addr, time_t now,
+                      X509 **best) {
   size_t len = strlen(addr);
   const char *at = strrchr(addr, '@');
-  if (!at || at == addr || !at[1] || len > KS_ID_MAX - 2) return SG_EINVAL;
+  if (len > KS_ID_MAX - 2 || !*addr) return SG_EINVAL;
+  if (tier == KEYSTORE_TIER_EMAIL && (!at || at == addr || !at[1])) return SG_EINVAL;
+  if (tier == KEYSTORE_TIER_DOMAIN && at) return SG_EINVAL;
   char key[KS_ID_MAX + 1];
   ks__lower(addr, key);
-  struct ks_match m = {KS_EMAIL, addr, (size_t)(at - addr), NULL};
-  int rc = ks__probe(ks, txn, ks->by_email, key, &m, now, best);
+  if (tier == KEYSTORE_TIER_EMAIL) {
+    struct ks_match m = {KS_EMAIL, addr, (size_t)(at - addr), NULL};
+    return ks__probe(ks, txn, ks->by_email, key, &m, now, best);
+  }
+  struct ks_match m = {KS_DOMAIN, NULL, 0, key};
+  int rc = ks__probe(ks, txn, ks->by_domain, key, &m, now, best);
   if (rc || *best) return rc;
-  m.kind = KS_DOMAIN;
-  m.domain = key + (at - addr) + 1;
-  if ((rc = ks__probe(ks, txn, ks->by_domain, m.domain, &m, now, best)) != 0 || *best) return rc;
   /* "*.example.com" for a.example.com: one more leftmost label, and never
    * a wildcard over a single label ("*.com"). */
-  const char *parent = strchr(m.domain, '.');
+  const char *parent = strchr(key, '.');
   if (!parent || !strchr(parent + 1, '.')) return 0;
   char wild[KS_ID_MAX + 2];
   snprintf(wild, sizeof wild, "*%s", parent);
@@ -764,18 +769,26 @@ static int ks__lookup(struct keystore *ks, MDB_txn *txn, const char *addr, time_
   return ks__probe(ks, txn, ks->by_domain, wild, &m, now, best);
 }
 
-int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 **cert_out) {
+int keystore_lookup_tier(struct keystore *ks, enum keystore_tier tier, const char *key, time_t now,
+                         X509 **cert_out, unsigned *caps_out) {
   *cert_out = NULL;
+  if (caps_out) *caps_out = 0;
   MDB_txn *txn;
   int rc = ks__begin(ks, false, &txn, NULL, 0);
   if (rc) return rc;
   X509 *best = NULL;
-  rc = ks__lookup(ks, txn, address, now, &best);
+  rc = ks__lookup(ks, txn, tier, key, now, &best);
   mdb_txn_abort(txn);
   if (rc == 0 && !best) rc = SG_ENOTFOUND;
   if (rc) X509_free(best);
   else *cert_out = best;
   return rc;
+}
+
+int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 **cert_out, unsigned *caps_out) {
+  int rc = keystore_lookup_tier(ks, KEYSTORE_TIER_EMAIL, address, now, cert_out, caps_out);
+  if (rc != SG_ENOTFOUND) return rc;
+  return keystore_lookup_tier(ks, KEYSTORE_TIER_DOMAIN, strrchr(address, '@') + 1, now, cert_out, caps_out);
 }
 
 /* ---- CA lists --------------------------------------------------------------- */
@@ -796,18 +809,30 @@ static int ks__ca_check(STACK_OF(X509) *certs, char *err, size_t errlen) {
   return 0;
 }
 
-static int ks__ca_encode(STACK_OF(X509) *certs, unsigned char **out, size_t *len_out) {
+/* Items: a 4-byte big-endian length, its top bit set for a CRL, then the
+ * DER.  Lists written before CRLs were stored hold certificates only. */
+#define KS_CA_CRL 0x80000000u
+
+static int ks__i2d(void *obj, bool crl, unsigned char **pp) {
+  return crl ? i2d_X509_CRL(obj, pp) : i2d_X509(obj, pp);
+}
+
+static int ks__ca_encode(STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls, unsigned char **out, size_t *len_out) {
+  int nc = sk_X509_num(certs), nl = crls ? sk_X509_CRL_num(crls) : 0;
   size_t total = 0;
-  for (int i = 0; i < sk_X509_num(certs); i++) {
-    int n = i2d_X509(sk_X509_value(certs, i), NULL);
-    if (n <= 0) return SG_EINVAL;
+  for (int i = 0; i < nc + nl; i++) {
+    int n = i < nc ? i2d_X509(sk_X509_value(certs, i), NULL) : i2d_X509_CRL(sk_X509_CRL_value(crls, i - nc), NULL);
+    if (n <= 0 || n >= (int)KS_CA_CRL) return SG_EINVAL;
     total += 4 + (size_t)n;
   }
-  unsigned char *v = malloc(total), *p = v;
+  unsigned char *v = malloc(total ? total : 1), *p = v;
   if (!v) return SG_ENOMEM;
-  for (int i = 0; i < sk_X509_num(certs); i++) {
+  for (int i = 0; i < nc + nl; i++) {
     unsigned char *der = p + 4;
-    uint32_t n = (uint32_t)i2d_X509(sk_X509_value(certs, i), &der);
+    bool crl = i >= nc;
+    uint32_t n = (uint32_t)ks__i2d(crl ? (void *)sk_X509_CRL_value(crls, i - nc) : (void *)sk_X509_value(certs, i), crl,
+                                   &der);
+    if (crl) n |= KS_CA_CRL;
     for (int b = 0; b < 4; b++) p[b] = (unsigned char)(n >> (24 - 8 * b));
     p = der;
   }
@@ -816,34 +841,46 @@ static int ks__ca_encode(STACK_OF(X509) *certs, unsigned char **out, size_t *len
   return 0;
 }
 
-static int ks__ca_decode(const MDB_val *v, STACK_OF(X509) **out) {
+static int ks__ca_decode(const MDB_val *v, STACK_OF(X509) **out, STACK_OF(X509_CRL) **crls_out) {
   STACK_OF(X509) *sk = sk_X509_new_null();
+  STACK_OF(X509_CRL) *cl = sk_X509_CRL_new_null();
   const unsigned char *p = v->mv_data, *end = p + v->mv_size;
-  int rc = sk ? 0 : SG_ENOMEM;
+  int rc = sk && cl ? 0 : SG_ENOMEM;
   while (rc == 0 && p < end) {
     uint32_t n = end - p >= 4 ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
+    bool crl = (n & KS_CA_CRL) != 0;
+    n &= ~KS_CA_CRL;
     const unsigned char *der = p + 4;
-    X509 *x = n && n <= (size_t)(end - der) ? d2i_X509(NULL, &der, (long)n) : NULL;
-    if (!x || der != p + 4 + n || !sk_X509_push(sk, x)) {
+    bool fits = n && n <= (size_t)(end - der);
+    X509 *x = fits && !crl ? d2i_X509(NULL, &der, (long)n) : NULL;
+    X509_CRL *c = fits && crl ? d2i_X509_CRL(NULL, &der, (long)n) : NULL;
+    bool ok = (x || c) && der == p + 4 + n && (x ? sk_X509_push(sk, x) : sk_X509_CRL_push(cl, c)) > 0;
+    if (!ok) {
       X509_free(x);
+      X509_CRL_free(c);
       ERR_clear_error();
       rc = SG_ECORRUPT;
     }
     p += 4 + n;
   }
   if (rc == 0 && sk_X509_num(sk) == 0) rc = SG_ECORRUPT;
-  if (rc) sk_X509_pop_free(sk, X509_free);
-  else *out = sk;
+  if (rc) {
+    sk_X509_pop_free(sk, X509_free);
+    sk_X509_CRL_pop_free(cl, X509_CRL_free);
+  } else {
+    *out = sk;
+    *crls_out = cl;
+  }
   return rc;
 }
 
-int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs, char *err,
-                       size_t errlen) {
+int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls,
+                       char *err, size_t errlen) {
   int rc = keystore_name_check(name, err, errlen);
   if (rc || (rc = ks__ca_check(certs, err, errlen))) return rc;
   unsigned char *val;
   size_t len;
-  if ((rc = ks__ca_encode(certs, &val, &len)) != 0) return ks__fail(err, errlen, rc, "cannot encode the list");
+  if ((rc = ks__ca_encode(certs, crls, &val, &len)) != 0) return ks__fail(err, errlen, rc, "cannot encode the list");
   MDB_txn *txn;
   if ((rc = ks__begin(ks, true, &txn, err, errlen)) == 0) {
     MDB_val k = {strlen(name), (void *)name}, v = {len, val};
@@ -872,10 +909,12 @@ int keystore_ca_delete(struct keystore *ks, const char *name) {
 static int ks__each_ca(void *arg, const char *name, const MDB_val *v) {
   struct ks_each *e = arg;
   STACK_OF(X509) *sk;
-  int rc = ks__ca_decode(v, &sk);
+  STACK_OF(X509_CRL) *crls;
+  int rc = ks__ca_decode(v, &sk, &crls);
   if (rc) return rc;
-  rc = e->ca(e->arg, name, sk);
+  rc = e->ca(e->arg, name, sk, crls);
   sk_X509_pop_free(sk, X509_free);
+  sk_X509_CRL_pop_free(crls, X509_CRL_free);
   return rc;
 }
 

@@ -9,7 +9,7 @@
  * kept as "*.example.com" -> name, duplicates sorted), "cas" (list name ->
  * DER certificates).  Managed keys are an explicit trust decision of the
  * administrator (`sealctl pubkey add`): no chain check.  Harvested keys
- * (#5) will live beside them.
+ * (R17-R21) live beside them, with their own records.
  *
  * Callers: sealctl (writes; may run while the daemon runs: LMDB has one
  * writer at a time and readers never block), the daemon's crypto workers
@@ -71,26 +71,124 @@ int keystore_pubkey_import(struct keystore *ks, FILE *f, const char *fname,
                            char *err, size_t errlen);
 
 /*
- * The one lookup the mail path uses (the lock-free cache of #5 slots in
- * behind it): the encryption certificate for an envelope recipient at time
- * now.  A certificate whose SAN e-mail equals the address (domain
- * compared case-insensitively, local part exactly or in lower case,
- * since SAN e-mails are usually lower case), else one whose SAN
- * DNS name matches the address's domain (exactly, or an RFC 6125
- * wildcard "*.example.com" matching one more leftmost label).  Only
- * certificates valid at now and fit for encryption (key usage present
- * with keyEncipherment, or keyAgreement for EC: R13).  Among several, the
- * latest notBefore.  SG_ENOTFOUND if none.
+ * The one lookup the mail path uses (crypto/keycache.c sits in front of
+ * it): the encryption certificate for an envelope recipient at time now.
+ * Two tiers, which the cache keys separately:
+ *   KEYSTORE_TIER_EMAIL (key: the address): a certificate whose SAN e-mail
+ *     equals the address (domain compared case-insensitively, local part
+ *     exactly or in lower case, since SAN e-mails are usually lower case);
+ *   KEYSTORE_TIER_DOMAIN (key: the address's domain): one whose SAN DNS
+ *     name matches the domain exactly, else an RFC 6125 wildcard
+ *     "*.example.com" matching one more leftmost label.
+ * Only certificates valid at now and fit for encryption (key usage present
+ * with keyEncipherment, or keyAgreement for EC: R13).  Managed keys first;
+ * active harvested keys (never held ones) when no managed key matches the
+ * tier.  Among several, the latest notBefore.  SG_ENOTFOUND if none,
+ * SG_EINVAL for an address no key can match.
+ *
+ * *caps_out (may be NULL) receives the SMIMECapabilities bits recorded with
+ * a harvested key (KEYSTORE_CAP_*), 0 for managed keys.
  */
-int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 **cert_out);
+enum keystore_tier { KEYSTORE_TIER_EMAIL = 0, KEYSTORE_TIER_DOMAIN = 1 };
 
-/* ---- CA lists (trust anchors for verifying incoming mail, #5) -------------- */
+#define KEYSTORE_CAP_AES256_GCM 0x1u /* announced AES-256-GCM (AuthEnvelopedData) */
+#define KEYSTORE_CAP_AES128_GCM 0x2u
+#define KEYSTORE_CAP_RSA_OAEP 0x4u
+/* Not a capability: set in *caps_out when the answer is a harvested
+ * record, whose key is then the lower-cased tier key (for use times). */
+#define KEYSTORE_CAP_HARVESTED 0x80000000u
 
-int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs, char *err,
-                       size_t errlen);
+int keystore_lookup_tier(struct keystore *ks, enum keystore_tier tier, const char *key, time_t now,
+                         X509 **cert_out, unsigned *caps_out);
+/* Email tier, then the domain tier of the address's domain. */
+int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 **cert_out,
+                    unsigned *caps_out);
+
+/* ---- harvested keys (R17-R21) ----------------------------------------------
+ *
+ * Records keyed by the lower-cased address the signer proved (SAN e-mail
+ * matching From) or, for a domain certificate (SAN DNS only), by the
+ * domain.  The caller (crypto/incoming.c) has already decided the
+ * certificate may be harvested (signature, chain, From, R18); the store
+ * decides replacement:
+ *   - unknown key: stored (KEYSTORE_HARVEST_ADDED);
+ *   - the same certificate again: nothing but the use time
+ *     (KEYSTORE_HARVEST_SAME);
+ *   - a different certificate for a known key replaces it only when
+ *     updated_keys is set and its notBefore is later than the stored one's
+ *     (KEYSTORE_HARVEST_REPLACED); otherwise it is held
+ *     (KEYSTORE_HARVEST_HELD) for an administrator, never used;
+ *   - more than one replacement for the same key within 48 hours (R19):
+ *     the later one is held and an alert is recorded
+ *     (KEYSTORE_HARVEST_ALERT; also held).
+ * The store is bounded (max_bytes of harvested records, 512 MB default,
+ * R20): when an insert goes over, the keys used least recently are evicted
+ * until it is at 90 %.  Use times are written in batches
+ * (keystore_harvest_touch), never on every lookup.
+ */
+enum keystore_harvest_outcome {
+  KEYSTORE_HARVEST_ADDED,
+  KEYSTORE_HARVEST_SAME,
+  KEYSTORE_HARVEST_REPLACED,
+  KEYSTORE_HARVEST_HELD,
+  KEYSTORE_HARVEST_ALERT,
+};
+
+struct keystore_harvest_opts {
+  bool updated_keys;  /* flow policy harvest.updated_keys */
+  size_t max_bytes;   /* 0: the 512 MB default */
+};
+
+/* key: lower-cased address or domain.  caps: KEYSTORE_CAP_* from the
+ * signer's SMIMECapabilities.  *outcome_out says what happened; *evicted_out
+ * (may be NULL) how many keys were evicted to make room. */
+int keystore_harvest_put(struct keystore *ks, const char *key, X509 *cert, unsigned caps, time_t now,
+                         const struct keystore_harvest_opts *o, enum keystore_harvest_outcome *outcome_out,
+                         size_t *evicted_out, char *err, size_t errlen);
+
+struct keystore_harvested {
+  char key[KEYSTORE_NAME_MAX * 4]; /* address or domain */
+  X509 *cert;                      /* borrowed for the callback */
+  unsigned caps;
+  time_t added, last_used;
+  bool held;                       /* a held candidate (never used for mail) */
+};
+typedef int (*keystore_harvest_fn)(void *arg, const struct keystore_harvested *h);
+/* Every record (active and held) in key order; held ones after the active
+ * record of the same key. */
+int keystore_harvest_each(struct keystore *ks, keystore_harvest_fn fn, void *arg);
+/* Records of one key (the active one, then a held one, if any).
+ * SG_ENOTFOUND if none. */
+int keystore_harvest_get(struct keystore *ks, const char *key, keystore_harvest_fn fn, void *arg);
+/* Copy key's held certificate if there is one, else its active one, into
+ * the managed keys as name (R21); a held certificate also becomes the
+ * active harvested one and the hold is cleared.  SG_ENOTFOUND, SG_EEXIST
+ * (name taken) as for keystore_pubkey_add. */
+int keystore_harvest_promote(struct keystore *ks, const char *key, const char *name, time_t now,
+                             char *err, size_t errlen);
+/* Mark keys as used at now, one transaction. */
+int keystore_harvest_touch(struct keystore *ks, char *const *keys, size_t n, time_t now);
+
+/* Alerts the store recorded (R19), oldest first. */
+typedef int (*keystore_alert_fn)(void *arg, time_t when, const char *key, const char *text);
+int keystore_alert_each(struct keystore *ks, keystore_alert_fn fn, void *arg);
+
+/* A number that changes on every write to the store (any process): the
+ * daemon's cache compares it to know when to drop what it holds. */
+int keystore_generation(struct keystore *ks, unsigned long *gen_out);
+
+/* ---- CA lists (trust anchors for verifying incoming mail, R5, R22) ---------
+ *
+ * A list holds CA certificates and, optionally, CRLs of those CAs (PEM
+ * "X509 CRL" blocks in the file given to `sealctl ca import`); crls may be
+ * NULL or empty.  An existing name is SG_EEXIST (delete it first). */
+
+int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs,
+                       STACK_OF(X509_CRL) *crls, char *err, size_t errlen);
 int keystore_ca_delete(struct keystore *ks, const char *name);
-/* fn gets each list's name and certificates (borrowed). */
-typedef int (*keystore_ca_fn)(void *arg, const char *name, STACK_OF(X509) *certs);
+/* fn gets each list's name, certificates and CRLs (borrowed; crls never NULL). */
+typedef int (*keystore_ca_fn)(void *arg, const char *name, STACK_OF(X509) *certs,
+                              STACK_OF(X509_CRL) *crls);
 int keystore_ca_each(struct keystore *ks, keystore_ca_fn fn, void *arg);
 
 #endif

@@ -49,7 +49,7 @@ static int outgoing__keys(const struct outgoing_request *rq, struct outgoing_res
   bool all = true;
   for (size_t i = 0; rc == 0 && i < rq->n_rcpts; i++) {
     X509 *x = NULL;
-    int lr = rq->keys ? keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x) : SG_ENOTFOUND;
+    int lr = rq->keys ? keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x, NULL) : SG_ENOTFOUND;
     if (lr == 0 && sk_X509_push(certs, x)) {
       res->keyed[i] = true;
     } else {

@@ -347,7 +347,7 @@ static int ctl_ca_import(const struct ctl *c) {
   if ((rc = ctl_ks_read_pem(path, &sk)) != 0) return rc;
   struct ctl_ks k;
   if ((rc = ctl_ks_open(c, true, &k)) == 0) {
-    rc = keystore_ca_import(k.ks, name, sk, err, sizeof err);
+    rc = keystore_ca_import(k.ks, name, sk, NULL, err, sizeof err);
     if (rc) fprintf(stderr, "sealctl: ca import %s: %s: %s\n", name, path, err);
     else printf("imported CA list '%s' (%d certificate(s))\n", name, sk_X509_num(sk));
     ctl_ks_close(&k, rc == 0);
@@ -357,8 +357,9 @@ static int ctl_ca_import(const struct ctl *c) {
   return rc;
 }
 
-static int ctl_ca_row(void *arg, const char *name, STACK_OF(X509) *certs) {
+static int ctl_ca_row(void *arg, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls) {
   struct ctl_pk_list *l = arg;
+  (void)crls; /* XXX(#5): shown with the CRL import */
   bool json = l->c->json;
   int count = sk_X509_num(certs);
   if (json) {

@@ -124,7 +124,7 @@ static void add_ok(struct keystore *ks, const char *name, X509 *x) {
 /* Lookup at now; NULL when not found (and then rc must say so). */
 static X509 *look(struct keystore *ks, const char *addr) {
   X509 *x = NULL;
-  int rc = keystore_lookup(ks, addr, time(NULL), &x);
+  int rc = keystore_lookup(ks, addr, time(NULL), &x, NULL);
   if (rc == SG_ENOTFOUND) assert_null(x);
   else if (rc) fail_msg("lookup %s: %s", addr, sgerr_str(rc));
   return x;
@@ -243,7 +243,7 @@ static void test_lookup_email_case(void **state) {
   expect_none(f->ks, "BOB@example.com");
   expect_none(f->ks, "alice@example.org");
   X509 *x = NULL;
-  assert_int_equal(keystore_lookup(f->ks, "no-at-sign", time(NULL), &x), SG_EINVAL);
+  assert_int_equal(keystore_lookup(f->ks, "no-at-sign", time(NULL), &x, NULL), SG_EINVAL);
   X509_free(a);
   X509_free(b);
 }
@@ -533,11 +533,11 @@ static void *reader(void *arg) {
   long n = 0;
   while (!c->stop) {
     X509 *x = NULL;
-    if (keystore_lookup(c->ks, "stable@c.example", time(NULL), &x) != 0 || !same_cert(x, c->stable))
+    if (keystore_lookup(c->ks, "stable@c.example", time(NULL), &x, NULL) != 0 || !same_cert(x, c->stable))
       __atomic_add_fetch(&c->errors, 1, __ATOMIC_RELAXED);
     X509_free(x);
     x = NULL;
-    int rc = keystore_lookup(c->ks, "churn@c.example", time(NULL), &x);
+    int rc = keystore_lookup(c->ks, "churn@c.example", time(NULL), &x, NULL);
     if (rc != 0 && rc != SG_ENOTFOUND) __atomic_add_fetch(&c->errors, 1, __ATOMIC_RELAXED);
     X509_free(x);
     n++;
@@ -611,7 +611,8 @@ static void test_open_read_only(void **state) {
 /* ------------------------------------------------------------------------ */
 /* CA lists                                                                 */
 
-static int ca_collect(void *arg, const char *name, STACK_OF(X509) *certs) {
+static int ca_collect(void *arg, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls) {
+  (void)crls;
   STACK_OF(X509) **out = arg;
   assert_string_equal(name, "partners");
   *out = X509_chain_up_ref(certs);
@@ -622,17 +623,17 @@ static void test_ca_lists(void **state) {
   struct fx *f = *state;
   STACK_OF(X509) *sk = sk_X509_new_null(), *got = NULL;
   char err[512] = "";
-  assert_int_equal(keystore_ca_import(f->ks, "empty", sk, err, sizeof err), SG_EINVAL);
+  assert_int_equal(keystore_ca_import(f->ks, "empty", sk, NULL, err, sizeof err), SG_EINVAL);
   sk_X509_push(sk, make((struct spec){.cn = "Root One", .ca = true, .ku = "keyCertSign,cRLSign"}));
   sk_X509_push(sk, enc_cert("email:leaf@ca.example"));
-  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, err, sizeof err), SG_EINVAL);
+  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, NULL, err, sizeof err), SG_EINVAL);
   print_message("refused: %s\n", err);
   assert_non_null(strstr(err, "certificate 2"));
   assert_non_null(strstr(err, "CN=test"));
   X509_free(sk_X509_pop(sk));
   sk_X509_push(sk, make((struct spec){.cn = "Root Two", .ca = true}));
-  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, err, sizeof err), 0);
-  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, err, sizeof err), SG_EEXIST);
+  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, NULL, err, sizeof err), 0);
+  assert_int_equal(keystore_ca_import(f->ks, "partners", sk, NULL, err, sizeof err), SG_EEXIST);
   assert_int_equal(keystore_ca_each(f->ks, ca_collect, &got), 0);
   assert_non_null(got);
   assert_int_equal(sk_X509_num(got), 2);

@@ -1,0 +1,60 @@
+/*
+ * decrypt - opening a CMS EnvelopedData or AuthEnvelopedData of incoming
+ * mail with the organisation's keys in the token (R6, R14, RFC 5652,
+ * RFC 5083/5084).
+ *
+ * Decides which organisation keys to try from the RecipientInfos
+ * (issuer and serial, or subject key identifier, against each candidate
+ * certificate: current and older ones, expired included, since mail sent
+ * before a renewal must still open), and tries each match at most once,
+ * within a budget.  EFAIL and oracle rules (DESIGN.md "S/MIME"): the
+ * content-encryption algorithm must fit the content type (CBC and other
+ * non-AEAD ciphers only in EnvelopedData, GCM only in AuthEnvelopedData);
+ * plaintext goes to the caller's sink and is only valid when 0 is
+ * returned (a GCM tag is checked after the last byte: the caller must
+ * discard the sink on any failure); every failure that depends on the key
+ * or the ciphertext is the one code SG_EPERM (the detail is for the log,
+ * never for the sender).
+ *
+ * Callers: crypto/incoming.c on a crypto worker, with that thread's
+ * hsm_worker; tests; bench.  Trusts the candidate list (the token's own
+ * certificates); the CMS bytes are untrusted.
+ *
+ * Ownership: inputs are borrowed; the sink BIO stays the caller's.
+ */
+#ifndef SEALGATE_DECRYPT_H
+#define SEALGATE_DECRYPT_H
+
+#include <stddef.h>
+#include <openssl/bio.h>
+#include <openssl/x509.h>
+
+#include "hsm/hsm.h"
+
+struct decrypt_key {
+  const struct hsm_keyref *ref; /* the private key in the token */
+  X509 *cert;                   /* its certificate (identifies the RecipientInfo) */
+};
+
+struct decrypt_limits {
+  size_t max_recipient_infos; /* more are refused before any key work (default 64) */
+  size_t max_attempts;        /* private-key operations per message (default 4) */
+  size_t max_size;            /* DER bytes accepted (default 64 MiB) */
+};
+#define DECRYPT_LIMITS_DEFAULT {64, 4, (size_t)64 << 20}
+
+/*
+ * der/len: the ContentInfo (id-envelopedData or id-ct-authEnvelopedData).
+ * On 0 the whole plaintext was written to sink (and sink flushed).
+ * Errors: SG_EPERM (no candidate matches any RecipientInfo, every match
+ * failed, cipher/content-type mismatch, GCM tag wrong, padding wrong),
+ * SG_ELIMIT (a budget), SG_EINVAL (not an enveloped ContentInfo),
+ * SG_ETEMP (the token is unreachable: retry later), SG_ENOMEM, SG_EIO
+ * (sink write failed).  detail gets a log line in every case.
+ * *kind_out (may be NULL): "enveloped-data" or "authEnveloped-data".
+ */
+int decrypt_cms(struct hsm_worker *w, const unsigned char *der, size_t len, const struct decrypt_key *keys,
+                size_t n_keys, const struct decrypt_limits *lim, BIO *sink, const char **kind_out,
+                char *detail, size_t dlen);
+
+#endif

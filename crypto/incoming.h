@@ -1,0 +1,3 @@
+#ifndef SEALGATE_INCOMING_H
+#define SEALGATE_INCOMING_H
+#endif

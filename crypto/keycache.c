@@ -1,0 +1,2 @@
+/* placeholder: written in #5 */
+#include "crypto/keycache.h"
