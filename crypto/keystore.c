@@ -822,7 +822,7 @@ static int ks__ca_encode(STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls, unsign
   size_t total = 0;
   for (int i = 0; i < nc + nl; i++) {
     int n = i < nc ? i2d_X509(sk_X509_value(certs, i), NULL) : i2d_X509_CRL(sk_X509_CRL_value(crls, i - nc), NULL);
-    if (n <= 0 || n >= (int)KS_CA_CRL) return SG_EINVAL;
+    if (n <= 0 || (uint32_t)n >= KS_CA_CRL) return SG_EINVAL;
     total += 4 + (size_t)n;
   }
   unsigned char *v = malloc(total ? total : 1), *p = v;
