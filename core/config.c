@@ -345,6 +345,7 @@ static void config_free(struct config *c) {
   free(c->user);
   free(c->spool_dir);
   free(c->key_store);
+  free_strv(c->trust_crl_files, c->n_trust_crl_files);
   free(c->log_syslog);
   free(c->hsm.module);
   free(c->hsm.token);
@@ -535,7 +536,7 @@ static int resolve_path(struct ctx *x, char **dst, const char *p) {
 
 enum ftype { T_STR, T_NAME, T_PATH, T_TEXT, T_BOOL, T_UINT, T_SIZE, T_DUR, T_ENUM,
              T_HOSTPORT, T_LIST, T_MAP, T_FN };
-enum elem { E_STR, E_NAME, E_DOMAIN, E_CIDR };
+enum elem { E_STR, E_NAME, E_DOMAIN, E_CIDR, E_PATH };
 enum ref { REF_NONE, REF_FLOW, REF_PROFILE, REF_FILTER };
 
 struct field;
@@ -801,6 +802,7 @@ static int list_string(struct ctx *x, const struct field *f, yaml_node_t *n, cha
   if (rc) return rc;
   if (f->elem == E_NAME && ((rc = check_name(x, n, s)) || (rc = check_ref(x, f->ref, n, s))))
     return rc;
+  if (f->elem == E_PATH) return resolve_path(x, dst, s);
   if (dup_into(x, dst, s)) return SG_ENOMEM;
   if (f->elem != E_DOMAIN) return 0;
   for (char *p = *dst; *p; p++) *p = (char)tolower((unsigned char)*p);
@@ -915,6 +917,7 @@ static const char *const MISSING_KEY[] = {"bounce", "drop", "split", NULL};
 static const char *const ENCRYPTIONS[] = {"auto", "aes256-cbc", "aes256-gcm", NULL};
 static const char *const SIGNATURES[] = {"rsa-pkcs1", "rsa-pss", NULL};
 static const char *const KEY_TRANSPORTS[] = {"rsa-pkcs1", "rsa-oaep", NULL};
+static const char *const REVOCATIONS[] = {"soft", "hard", NULL};
 
 #define REQ .required = true
 #define F(k, t, T, m, ...) {.key = k, .type = t, .off = offsetof(T, m), __VA_ARGS__}
@@ -926,6 +929,9 @@ static const struct field HARVEST_FIELDS[] = {
     F("enabled", T_BOOL, struct config_flow_policy, harvest_enabled),
     F("on_failed_verification", T_BOOL, struct config_flow_policy, harvest_on_failed_verification),
     F("updated_keys", T_BOOL, struct config_flow_policy, harvest_updated_keys),
+    /* Extensions (docs/CONFIG.md): R18's defaults made explicit. */
+    F("expired", T_BOOL, struct config_flow_policy, harvest_expired),
+    F("self_signed", T_BOOL, struct config_flow_policy, harvest_self_signed),
     {0}};
 
 static const struct field FLOW_FIELDS[] = {
@@ -933,6 +939,9 @@ static const struct field FLOW_FIELDS[] = {
     F("smime_decrypt_verify", T_BOOL, struct config_flow_policy, smime_decrypt_verify),
     F("keep_signature", T_BOOL, struct config_flow_policy, keep_signature),
     {.key = "harvest", .type = T_MAP, .sub = HARVEST_FIELDS},
+    /* Extension (docs/CONFIG.md): a signer whose revocation status is
+     * unknown (no CRL for its issuer) passes (soft) or not (hard). */
+    F("revocation", T_ENUM, struct config_flow_policy, revocation, .names = REVOCATIONS),
     {0}};
 
 static void flow_init(void *rec) { ((struct config_flow_policy *)rec)->keep_signature = true; }
@@ -1186,6 +1195,7 @@ static const struct field LIMIT_FIELDS[] = {
     F("delivery_connections", T_UINT, struct config, limits.delivery_connections, .min = 1, .max = 1000),
     DUR("connect_timeout", connect_timeout_ms, 100, HOUR),
     DUR("reply_timeout", reply_timeout_ms, 100, HOUR),
+    F("harvested_store", T_SIZE, struct config, limits.harvested_store, .min = MIB, .max = UINT64_MAX),
     {0}};
 
 static const struct field HSM_FIELDS[] = {
@@ -1200,6 +1210,9 @@ static const struct field HSM_FIELDS[] = {
 
 static const struct field TRUST_FIELDS[] = {
     F("system_cas", T_BOOL, struct config, trust_system_cas),
+    /* Extension (docs/CONFIG.md): CRLs (PEM or DER) besides those imported
+     * with `sealctl ca import`. */
+    FLIST("crl_files", struct config, trust_crl_files, E_PATH),
     {0}};
 
 static const struct field LOG_FIELDS[] = {
@@ -1237,6 +1250,7 @@ static void limits_defaults(struct config_limits *l) {
   l->max_errors = 10;
   l->disk_reserve = 100 * MIB;
   l->data_memory = 512 * MIB;
+  l->harvested_store = 512 * MIB;
   l->queue_lifetime_ms = 5 * DAY;
   l->retry_min_ms = MINUTE;
   l->retry_max_ms = HOUR;

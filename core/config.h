@@ -80,6 +80,8 @@ struct config_sending_profile {
   int line;
 };
 
+enum config_revocation { CONFIG_REVOCATION_SOFT = 0, CONFIG_REVOCATION_HARD = 1 };
+
 struct config_flow_policy {
   char *name;
   bool smime_decrypt_verify;  /* default false */
@@ -87,6 +89,9 @@ struct config_flow_policy {
   bool harvest_enabled;       /* harvest.enabled, default false */
   bool harvest_on_failed_verification;
   bool harvest_updated_keys;
+  bool harvest_expired;       /* extension: harvest.expired, default false (R18) */
+  bool harvest_self_signed;   /* extension: harvest.self_signed, default false (R18) */
+  enum config_revocation revocation; /* extension, default soft */
   int line;
 };
 
@@ -132,6 +137,7 @@ struct config_limits {
   unsigned delivery_connections;     /* 16: per next hop per shard */
   uint64_t connect_timeout_ms;       /* "30s" */
   uint64_t reply_timeout_ms;         /* "5m": waiting for a next-hop reply */
+  uint64_t harvested_store;          /* "512M": bound of the harvested keys (R20) */
 };
 
 struct config {
@@ -156,6 +162,8 @@ struct config {
     unsigned workers;    /* crypto worker threads; 0 = one per online CPU */
   } hsm;
   bool trust_system_cas;
+  char **trust_crl_files; /* extension: absolute paths */
+  size_t n_trust_crl_files;
   struct config_listener *listeners;
   size_t n_listeners;    /* at least 1 */
   struct config_sending_profile *sending_profiles;

@@ -16,6 +16,7 @@
 #include "core/shard.h"
 #include "core/smtp_client.h"
 #include "core/spool.h"
+#include "crypto/incoming.h"
 #include "crypto/keyring.h"
 #include "crypto/outgoing.h"
 
@@ -699,10 +700,20 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   }
 }
 
-/* ---- outgoing S/MIME ------------------------------------------------------- */
+/* ---- S/MIME processing (outgoing and incoming) ------------------------------ */
+
+/* The flow policy that decrypts and verifies mail of m's listener, if any
+ * (incoming listeners only; DSNs are our own). */
+static const struct config_flow_policy *dl__flow_of(const struct config *cfg, const struct spool_msg *m) {
+  if (m->env.flags & (SPOOL_F_DSN | SPOOL_F_SMIME)) return NULL;
+  const struct config_listener *l = config_listener_find(cfg, m->env.listener);
+  const struct config_flow_policy *f = l && l->direction == CONFIG_INCOMING ? config_flow_policy_find(cfg, l->flow_policy) : NULL;
+  return f && f->smime_decrypt_verify ? f : NULL;
+}
 
 /* A message is processed when its listener (in the current config) names a
- * sending profile; DSNs never are (they go back to our own sender).  One
+ * sending profile, or is incoming with a flow policy that decrypts and
+ * verifies; DSNs never are (they go back to our own sender).  One
  * accepted under a profile (SPOOL_F_SMIME) is processed even if a reload
  * renamed its listener or removed the profile: dl__smime_request then
  * makes it wait instead of sending it unprocessed (fail closed). */
@@ -711,7 +722,7 @@ static bool dl__profile_of(struct delivery *dl, const struct spool_msg *m) {
   if (m->env.flags & SPOOL_F_SMIME) return true;
   struct config *cfg = daemon_config_get(dl->sh->d);
   const struct config_listener *l = config_listener_find(cfg, m->env.listener);
-  bool yes = l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile);
+  bool yes = (l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile)) || dl__flow_of(cfg, m);
   config_unref(cfg);
   return yes;
 }
@@ -727,13 +738,17 @@ struct dl_smime {
   size_t counted;            /* bytes counted in h->q_bytes while processing */
   struct outgoing_signer signer;
   struct outgoing_request rq;
-  struct outgoing_result res;
+  struct outgoing_result res; /* incoming results are put into it too, so the rest is shared */
+  const struct config_flow_policy *flow; /* set: incoming */
+  struct keyring_incoming in;
+  bool smime_message, smime_verified;
   uint64_t t0;
 };
 
 static void dl__smime_free(struct dl_smime *j) {
   free(j->data);
   keyring_signer_free(&j->signer);
+  keyring_incoming_free(&j->in);
   outgoing_result_free(&j->res);
   config_unref(j->cfg);
   free(j);
@@ -741,10 +756,37 @@ static void dl__smime_free(struct dl_smime *j) {
 
 static void dl__smime_done(void *arg);
 
+/* Crypto worker: decrypt and verify, harvest, and log the S/MIME result
+ * (the delivery log line follows from the loop). */
+static void dl__incoming_run(struct dl_smime *j, struct hsm_worker *w) {
+  struct config *cfg = j->cfg;
+  struct incoming_request rq = {j->flow, cfg->hostname, j->in.trust, j->in.keys, j->in.n_keys, j->in.guard,
+                                cfg->spool_dir, j->data, j->m->data_len, time(NULL)};
+  struct incoming_result res;
+  incoming_process(w, &rq, &res);
+  j->res.status = res.status == INCOMING_DONE ? OUTGOING_DONE : OUTGOING_TEMP;
+  j->res.action = res.action;
+  snprintf(j->res.reason, sizeof j->res.reason, "%s", res.reason);
+  j->res.out = res.out;
+  res.out = (struct buf)BUF_INIT;
+  j->smime_message = res.smime;
+  j->smime_verified = res.verified;
+  if (res.status == INCOMING_DONE) {
+    char from[330];
+    log_safe(from, sizeof from, res.from, strlen(res.from));
+    log_info("queue_id=%s from=<%s> action=%s smime=%s%s%s identity=<%s> detail=\"%s\"", j->m->env.queue_id, from,
+             res.action, res.result, res.result_reason[0] ? " reason=" : "", res.result_reason, res.sig.identity,
+             res.reason);
+    keyring_harvest(j->dl->sh->d->keys, cfg, j->flow, &res, j->m->env.queue_id);
+  }
+  incoming_result_free(&res);
+}
+
 /* Crypto worker thread: the transformation, then back to the loop. */
 static void dl__smime_run(struct cryptopool_job *job, struct hsm_worker *w) {
   struct dl_smime *j = (struct dl_smime *)job;
-  outgoing_process(w, &j->rq, &j->res);
+  if (j->flow) dl__incoming_run(j, w);
+  else outgoing_process(w, &j->rq, &j->res);
   j->item.fn = dl__smime_done;
   j->item.arg = j;
   mailbox_post_item(&j->dl->sh->mb, &j->item);
@@ -756,10 +798,15 @@ static bool dl__smime_request(struct dl_smime *j) {
   const struct config_listener *l = config_listener_find(j->cfg, j->m->env.listener);
   const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(j->cfg, l->sending_profile) : NULL;
   struct keyring *k = j->dl->sh->d->keys;
-  j->rq = (struct outgoing_request){p, NULL, keyring_keystore(k), (j->m->env.flags & SPOOL_F_PLAIN) != 0,
+  j->res.status = OUTGOING_TEMP;
+  if (!p && (j->flow = dl__flow_of(j->cfg, j->m)) != NULL) {
+    if (keyring_incoming(k, &j->in) == 0) return true;
+    snprintf(j->res.reason, sizeof j->res.reason, "out of memory");
+    return false;
+  }
+  j->rq = (struct outgoing_request){p, NULL, keyring_keystore(k), keyring_keycache(k), (j->m->env.flags & SPOOL_F_PLAIN) != 0,
                                     j->data, j->m->data_len, &j->data, j->m->env.rcpts, j->m->env.n_rcpts,
                                     time(NULL)};
-  j->res.status = OUTGOING_TEMP;
   if (!p && (j->m->env.flags & SPOOL_F_SMIME)) { /* accepted under a profile that is gone */
     snprintf(j->res.reason, sizeof j->res.reason, "listener '%.80s' or its sending profile is no longer "
              "configured; the message is not sent unprocessed", j->m->env.listener);
@@ -979,6 +1026,8 @@ static void dl__smime_done(void *arg) {
   j->data = NULL;
   m->action = j->res.action;
   m->smime_ms = timeutil_mono_ms() - j->t0;
+  m->smime_message = j->smime_message;
+  m->smime_verified = j->smime_verified;
   if (j->res.status == OUTGOING_DONE && !(m->wire = buf_steal(&j->res.out, &m->wire_len))) {
     j->res.status = OUTGOING_TEMP;
     snprintf(j->res.reason, sizeof j->res.reason, "out of memory");

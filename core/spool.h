@@ -49,9 +49,11 @@ struct spool_msg {
   unsigned attempts;
   char *last_error;
   bool loading; /* a spool_load (or its S/MIME processing) is pending for it */
-  /* Outgoing S/MIME (crypto/outgoing.h): the bytes to send instead of data,
-   * made for one attempt and freed after it. */
-  bool smime;       /* its listener has a sending profile */
+  /* S/MIME (crypto/outgoing.h, crypto/incoming.h): the bytes to send
+   * instead of data, made for one attempt and freed after it. */
+  bool smime;       /* processed before delivery: a sending profile, or an
+                       incoming listener whose flow policy decrypts/verifies */
+  bool smime_message, smime_verified; /* incoming: R33's flags, for policies (#6) */
   char *wire;
   size_t wire_len;
   const char *action; /* static: "sign", ..., for logs; NULL = "relay" */

@@ -7,6 +7,7 @@
  * job, so a token server restart costs the jobs in flight, not the pool.
  */
 #include "crypto/cryptopool.h"
+#include "crypto/keycache.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@ static void *cryptopool__main(void *arg) {
   struct hsm_worker *w = NULL;
   bool warned = false;
   struct cryptopool_job *j;
+  keycache_thread_online(); /* jobs read the key cache (liburcu readers must be registered) */
   while ((j = cryptopool__next(p)) != NULL) {
     if (!w) {
       char err[256];
@@ -56,6 +58,7 @@ static void *cryptopool__main(void *arg) {
     j->run(j, w);
   }
   hsm_worker_free(w);
+  keycache_thread_offline();
   return NULL;
 }
 

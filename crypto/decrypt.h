@@ -20,7 +20,10 @@
  * hsm_worker; tests; bench.  Trusts the candidate list (the token's own
  * certificates); the CMS bytes are untrusted.
  *
- * Ownership: inputs are borrowed; the sink BIO stays the caller's.
+ * Ownership: inputs are borrowed; the sink BIO stays the caller's.  The
+ * token keys are the worker's (hsm_worker_pkey); a call holds no key past
+ * its return.  No global state: one call per worker at a time, any number
+ * of workers in parallel.
  */
 #ifndef SEALGATE_DECRYPT_H
 #define SEALGATE_DECRYPT_H
@@ -44,14 +47,40 @@ struct decrypt_limits {
 #define DECRYPT_LIMITS_DEFAULT {64, 4, (size_t)64 << 20}
 
 /*
- * der/len: the ContentInfo (id-envelopedData or id-ct-authEnvelopedData).
- * On 0 the whole plaintext was written to sink (and sink flushed).
+ * der/len: the ContentInfo (id-envelopedData or id-ct-authEnvelopedData),
+ * DER or BER, with nothing after it.  keys: the candidates, in the order
+ * to try them (NULL ref or cert: skipped).  lim NULL: the defaults.
+ *
+ * On 0 the whole plaintext was written to sink (and sink flushed).  On any
+ * other return the sink may hold bytes (CBC garbage, or GCM plaintext
+ * whose tag then failed): the caller must discard it, so write into a
+ * memory BIO or an unlinked temp file and release it only on 0.
+ *
  * Errors: SG_EPERM (no candidate matches any RecipientInfo, every match
- * failed, cipher/content-type mismatch, GCM tag wrong, padding wrong),
- * SG_ELIMIT (a budget), SG_EINVAL (not an enveloped ContentInfo),
- * SG_ETEMP (the token is unreachable: retry later), SG_ENOMEM, SG_EIO
- * (sink write failed).  detail gets a log line in every case.
- * *kind_out (may be NULL): "enveloped-data" or "authEnveloped-data".
+ * failed, cipher/content-type mismatch, an unknown cipher, GCM tag wrong,
+ * padding wrong), SG_ELIMIT (a budget: size, recipients, key operations),
+ * SG_EINVAL (not an enveloped ContentInfo, malformed, trailing bytes, bad
+ * arguments), SG_ETEMP (the token is unreachable, or w is NULL, when a
+ * key operation is needed: retry later), SG_EIO (writing to or flushing
+ * the sink failed).  Budgets are checked before
+ * any key work; the cipher check too.  Every failure of a key operation or
+ * of the content's decryption has the same words in the detail
+ * ("decryption failed with key NAME"): no padding oracle in the log.
+ *
+ * detail gets one log line in every case (cut at dlen), of the form
+ *   "enveloped-data aes-256-cbc: 2 recipients: opened with key org; key operations: 1"
+ * naming the key labels that matched and what happened to each, the
+ * budget hit if any, and always ending in "key operations: N" (private-key
+ * operations made; 0 when the message was refused before key work).
+ * Never a byte of key material or plaintext.
+ * *kind_out (may be NULL): "enveloped-data" or "authEnveloped-data" once
+ * the content type is known, else NULL.
+ *
+ * RSA key transport: PKCS#1 v1.5 and OAEP (tested in process; PKCS#1
+ * v1.5 through the remote token server too).  EC key
+ * agreement (KeyAgreeRecipientInfo, ECDH) needs derive in the token: in
+ * process only (the p11-kit RPC does not forward it); elsewhere such a
+ * match is an ordinary failed attempt.
  */
 int decrypt_cms(struct hsm_worker *w, const unsigned char *der, size_t len, const struct decrypt_key *keys,
                 size_t n_keys, const struct decrypt_limits *lim, BIO *sink, const char **kind_out,

@@ -8,6 +8,7 @@
 #include "crypto/keyring.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -22,13 +23,22 @@
 #include "core/sgerr.h"
 #include "crypto/certstore.h"
 #include "crypto/cryptopool.h"
+#include "crypto/keycache.h"
 #include "crypto/keystore.h"
+#include "crypto/verify.h"
 #include "hsm/hsm.h"
 #include "hsm/hsm_backup.h"
 #include "hsm/hsm_server.h"
 
 #define KEYRING_SERVER_START_MS 15000
 #define KEYRING_ALERT_DAYS 30
+#define KEYRING_TOUCH_TICKS 300 /* write harvested keys' use times every 5 minutes */
+
+/* The verification anchors, shared by the jobs using them. */
+struct keyring_trust {
+  atomic_int refs;
+  struct verify_trust *t;
+};
 
 struct keyring {
   struct hsm_server *server; /* remote mode only */
@@ -40,6 +50,10 @@ struct keyring {
   struct certstore *certs;
   struct config *cfg;        /* referenced: what a reconnect opens the token with */
   bool stale;                /* a reload could not reach the token: keyring_tick retries it */
+  struct keyring_trust *trust; /* under mu */
+  struct keycache *cache;
+  struct incoming_guard *guard;
+  unsigned ticks;
 };
 
 /* Give the token files (hsm/tokens, softhsm2.conf) to uid:gid and let the
@@ -150,6 +164,41 @@ static int keyring__reconnect(struct keyring *k, const struct config *cfg, char 
   return rc;
 }
 
+static void keyring__trust_unref(struct keyring_trust *t) {
+  if (t && atomic_fetch_sub(&t->refs, 1) == 1) {
+    verify_trust_free(t->t);
+    free(t);
+  }
+}
+
+/* Anchors from the key store (CA lists, CRLs, managed keys), the system
+ * bundle if cfg says so, and trust.crl_files; the key cache is dropped
+ * since the store may have changed.  Needs the store open. */
+static int keyring__store_changed(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
+  if (!k->keys) return 0;
+  struct keyring_trust *t = calloc(1, sizeof *t);
+  if (!t) return SG_ENOMEM;
+  int rc = verify_trust_new(k->keys, cfg->trust_system_cas, cfg->trust_crl_files, cfg->n_trust_crl_files, &t->t, err,
+                            errlen);
+  if (rc) {
+    free(t);
+    return rc;
+  }
+  atomic_init(&t->refs, 1);
+  pthread_mutex_lock(&k->mu);
+  struct keyring_trust *old = k->trust;
+  k->trust = t;
+  pthread_mutex_unlock(&k->mu);
+  keyring__trust_unref(old);
+  unsigned long gen = 0;
+  if (k->cache) {
+    keystore_generation(k->keys, &gen);
+    keycache_flush(k->cache);
+    keycache_set_generation(k->cache, gen);
+  }
+  return 0;
+}
+
 int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen) {
   struct certstore *s;
   int rc = k->hsm ? certstore_load(k->hsm, &s) : SG_ETEMP;
@@ -160,6 +209,10 @@ int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_
     return rc;
   }
   if ((rc = certstore_check_config(s, cfg, err, errlen)) != 0) {
+    certstore_free(s);
+    return rc;
+  }
+  if ((rc = keyring__store_changed(k, cfg, err, errlen)) != 0) {
     certstore_free(s);
     return rc;
   }
@@ -192,6 +245,9 @@ int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t 
    * drop or send in plaintext what should be encrypted. */
   if (rc == 0 && (rc = keystore_open(cfg->key_store, true, &k->keys, err, errlen)) != 0)
     log_err("key store %s cannot be opened", cfg->key_store);
+  if (rc == 0) rc = keycache_new(k->keys, 0, &k->cache);
+  if (rc == 0) rc = incoming_guard_new(&k->guard);
+  if (rc == 0) rc = keyring__store_changed(k, cfg, err, errlen);
   if (rc == 0) log_info("crypto workers: %u", cryptopool_size(k->pool));
   return rc;
 }
@@ -220,7 +276,33 @@ static void keyring__check_run(struct cryptopool_job *job, struct hsm_worker *w)
   pthread_mutex_unlock(c->mu);
 }
 
+static void keyring__used(void *arg, const char *key) {
+  struct buf *b = arg;
+  char *dup = strdup(key);
+  if (dup && buf_append(b, &dup, sizeof dup) != 0) free(dup);
+}
+
+/* The store changed behind the cache (sealctl, or our own harvest): drop
+ * it.  Every few minutes, the use times of harvested keys served. */
+static void keyring__store_tick(struct keyring *k) {
+  unsigned long gen;
+  if (!k->cache || keystore_generation(k->keys, &gen) != 0) return;
+  if (gen != keycache_generation(k->cache)) {
+    keycache_flush(k->cache);
+    keycache_set_generation(k->cache, gen);
+  }
+  if (++k->ticks % KEYRING_TOUCH_TICKS) return;
+  struct buf used = BUF_INIT;
+  keycache_collect_used(k->cache, keyring__used, &used);
+  char **keys = (char **)used.data;
+  size_t n = used.len / sizeof *keys;
+  if (n && keystore_harvest_touch(k->keys, keys, n, time(NULL)) != 0) log_warn("cannot record the use of %zu harvested key(s)", n);
+  for (size_t i = 0; i < n; i++) free(keys[i]);
+  buf_free(&used);
+}
+
 void keyring_tick(struct keyring *k) {
+  keyring__store_tick(k);
   if (!k->server || !k->cfg || (k->pool && !k->stale)) return;
   char err[256];
   if (keyring_reload(k, k->cfg, err, sizeof err) != 0) log_debug("hsm: still no token server: %s", err);
@@ -308,9 +390,80 @@ int keyring_submit(struct keyring *k, struct cryptopool_job *job) {
   return rc;
 }
 
+/* ---- incoming --------------------------------------------------------------- */
+
+int keyring_incoming(struct keyring *k, struct keyring_incoming *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&k->mu);
+  size_t n = 0;
+  for (size_t i = 0; k->certs && i < k->certs->n; i++) n += k->certs->entries[i].n_keys;
+  out->keys = calloc(n ? n : 1, sizeof *out->keys + sizeof(struct hsm_keyref));
+  struct hsm_keyref *refs = out->keys ? (struct hsm_keyref *)(out->keys + (n ? n : 1)) : NULL;
+  for (size_t i = 0; refs && i < k->certs->n; i++) {
+    for (size_t j = 0; j < k->certs->entries[i].n_keys; j++) {
+      const struct certstore_key *key = &k->certs->entries[i].keys[j];
+      if (!key->cert || !key->has_private) continue;
+      refs[out->n_keys] = key->ref;
+      X509_up_ref(key->cert);
+      out->keys[out->n_keys] = (struct decrypt_key){&refs[out->n_keys], key->cert};
+      out->n_keys++;
+    }
+  }
+  if (k->trust) {
+    atomic_fetch_add(&k->trust->refs, 1);
+    out->trust_ref = k->trust;
+    out->trust = k->trust->t;
+  }
+  pthread_mutex_unlock(&k->mu);
+  out->guard = k->guard;
+  return out->keys ? 0 : SG_ENOMEM;
+}
+
+void keyring_incoming_free(struct keyring_incoming *s) {
+  for (size_t i = 0; i < s->n_keys; i++) X509_free(s->keys[i].cert);
+  free(s->keys);
+  keyring__trust_unref(s->trust_ref);
+  memset(s, 0, sizeof *s);
+}
+
+struct keycache *keyring_keycache(struct keyring *k) { return k->cache; }
+
+void keyring_harvest(struct keyring *k, const struct config *cfg, const struct config_flow_policy *flow,
+                     const struct incoming_result *res, const char *queue_id) {
+  char key[320], err[256];
+  const char *why;
+  if (!flow->harvest_enabled || !res->has_signature) return;
+  if (!incoming_may_harvest(flow, res, key, sizeof key, &why)) {
+    log_info("queue_id=%s harvest=skipped reason=\"%s\"", queue_id, why);
+    return;
+  }
+  struct keystore_harvest_opts o = {flow->harvest_updated_keys, cfg->limits.harvested_store};
+  enum keystore_harvest_outcome out;
+  size_t evicted = 0;
+  int rc = keystore_harvest_put(k->keys, key, res->sig.signer, incoming_caps(res), time(NULL), &o, &out, &evicted, err,
+                                sizeof err);
+  if (rc) {
+    log_warn("queue_id=%s harvest=error key=<%s> reason=\"%s\"", queue_id, key, err);
+    return;
+  }
+  static const char *names[] = {"added", "same", "replaced", "held", "held"};
+  if (out == KEYSTORE_HARVEST_ALERT)
+    log_warn("queue_id=%s ALERT: more than one updated key for <%s> within 48 hours; the new one is held until "
+             "`sealctl harvested promote` accepts it (R19)", queue_id, key);
+  else if (out == KEYSTORE_HARVEST_HELD)
+    log_warn("queue_id=%s harvest=held key=<%s>: a different certificate for a known key is held, not used "
+             "(updated_keys off, or not newer); `sealctl harvested show %s`", queue_id, key, key);
+  else
+    log_info("queue_id=%s harvest=%s key=<%s>%s", queue_id, names[out], key, evicted ? " (evicted old keys)" : "");
+  if (out != KEYSTORE_HARVEST_SAME && k->cache) keycache_invalidate(k->cache, key);
+}
+
 void keyring_stop(struct keyring *k) {
   if (!k) return;
   cryptopool_stop(k->pool);
+  keycache_free(k->cache);
+  incoming_guard_free(k->guard);
+  keyring__trust_unref(k->trust);
   keystore_close(k->keys);
   certstore_free(k->certs);
   config_unref(k->cfg);

@@ -22,6 +22,7 @@
 #include "core/buf.h"
 #include "core/config.h"
 #include "crypto/cryptopool.h"
+#include "crypto/incoming.h"
 #include "crypto/outgoing.h"
 
 struct keyring;
@@ -34,14 +35,17 @@ int keyring_start(const struct config *cfg, struct keyring **out, char *err, siz
  * check them against cfg (certstore_check_config), start the workers. */
 int keyring_open(struct keyring *k, const struct config *cfg, char *err, size_t errlen);
 
-/* Load the certificates again (after sealctl changed the token or the
- * config changed) and check them against cfg; on failure the old set
- * stays and err says why. */
+/* Load the certificates again (after sealctl changed the token, the key
+ * store, or the config changed) and check them against cfg; rebuild the
+ * verification anchors from the key store and drop the key cache.  On
+ * failure the old set stays and err says why. */
 int keyring_reload(struct keyring *k, const struct config *cfg, char *err, size_t errlen);
 
 /* Main thread, about once a second: after a token server restart that a
  * reload could not reconnect to (the server was still starting), try
- * again, so the workers come back without anyone reloading. */
+ * again, so the workers come back without anyone reloading.  Also drops
+ * the key cache when the key store changed (any process), and writes the
+ * use times of harvested keys the cache served (R20) every few minutes. */
 void keyring_tick(struct keyring *k);
 
 /* `cert check NAME COUNT`: COUNT signatures with NAME's current key on the
@@ -61,6 +65,30 @@ void keyring_signer_free(struct outgoing_signer *s);
 /* The key store of others' public keys (read-only, may be NULL if it
  * could not be opened: then nobody has a key). */
 struct keystore *keyring_keystore(struct keyring *k);
+
+/* ---- incoming S/MIME (#5) ---- */
+
+/* What one incoming job needs, as the keyring has it now: every key pair
+ * of the token with a certificate and a private key (current and older
+ * ones: mail from before a renewal, R14), and the verification anchors.
+ * Up-referenced: free with keyring_incoming_free (any thread). */
+struct keyring_incoming {
+  struct decrypt_key *keys;
+  size_t n_keys;
+  struct keyring_trust *trust_ref; /* keeps trust alive */
+  const struct verify_trust *trust;
+  struct incoming_guard *guard;
+};
+int keyring_incoming(struct keyring *k, struct keyring_incoming *out);
+void keyring_incoming_free(struct keyring_incoming *s);
+
+/* The lock-free cache of recipients' keys (crypto/keycache.h). */
+struct keycache *keyring_keycache(struct keyring *k);
+
+/* Crypto worker, after incoming_process: keep the signer's certificate if
+ * flow allows it (R17-R19); logs what happened, with queue_id. */
+void keyring_harvest(struct keyring *k, const struct config *cfg, const struct config_flow_policy *flow,
+                     const struct incoming_result *res, const char *queue_id);
 
 /* Run job on a crypto worker.  SG_ETEMP while the workers are being
  * rebuilt (the job is not run: retry later). */

@@ -1,5 +1,6 @@
 /*
- * keystore - others' public keys and CA lists in LMDB (R15, R16, R22).
+ * keystore - others' public keys and CA lists in LMDB (R15, R16, R22);
+ * harvested keys, alerts and the generation live in keystore_harvest.c.
  *
  * Owns one LMDB environment per open store and, per process, the rule
  * that a folder is opened at most once (LMDB's locks are per process:
@@ -10,8 +11,9 @@
  *             -> name, MDB_DUPSORT
  *   by_domain lower-cased SAN dNSName ("*.example.com" kept) -> name,
  *             MDB_DUPSORT
- *   cas       list name -> per certificate a 4-byte big-endian length and
- *             the DER
+ *   cas       list name -> per certificate or CRL a 4-byte big-endian
+ *             length (top bit set for a CRL) and the DER
+ * (harvested, held, by_used, alerts and meta: keystore_harvest.c).
  * Index entries are written and removed in the same write transaction as
  * the record they point to, and are recomputed from the stored
  * certificate on delete, so the indexes never need their own format.
@@ -40,24 +42,17 @@
 #include "core/sgerr.h"
 #include "crypto/cert.h"
 #include "crypto/keystore.h"
+#include "crypto/keystore_internal.h"
 
 /* LMDB reserves the map as address space, not disk: the file grows only
- * as records are written.  1 GiB holds the 512 MB harvest bound (DESIGN)
- * beside the managed keys with room for LMDB's copy-on-write pages. */
-#define KS_MAPSIZE ((size_t)1 << 30)
-#define KS_MAXDBS 8
+ * as records are written.  4 GiB holds the 512 MB harvest bound (DESIGN,
+ * R20) beside many managed keys, with ample room for LMDB's copy-on-write
+ * pages (a long read transaction pins the old ones).  A harvest bound set
+ * above about 2 GB (limits.harvested_store) would need a larger map. */
+#define KS_MAPSIZE ((size_t)4 << 30)
+#define KS_MAXDBS 16 /* 9 used: 4 here, 5 in keystore_harvest.c */
 #define KS_BLOCK_MAX (1u << 20) /* one PEM certificate block */
-#define KS_ID_MAX 500           /* LMDB's key limit is 511 bytes */
 #define KS_PROGRESS_EVERY 500
-
-struct keystore {
-  MDB_env *env; /* NULL: read-only and no database exists (all lookups miss) */
-  MDB_dbi pubkeys, by_email, by_domain, cas;
-  bool writable;
-  dev_t dev;
-  ino_t ino;
-  struct keystore *next; /* in ks__open_list */
-};
 
 /* Stores open in this process (see the header comment). */
 static pthread_mutex_t ks__open_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -67,7 +62,7 @@ static struct keystore *ks__open_list;
 
 #define ks__fail sgerr_fail /* core/sgerr.h */
 
-static int ks__rc(int mdb_rc) {
+int ks__rc(int mdb_rc) {
   switch (mdb_rc) {
   case MDB_SUCCESS: return 0;
   case MDB_NOTFOUND: return SG_ENOTFOUND;
@@ -81,7 +76,7 @@ static int ks__rc(int mdb_rc) {
 }
 
 /* An LMDB failure as err text and a sealgate code. */
-static int ks__mdb_fail(char *err, size_t errlen, int mdb_rc, const char *what) {
+int ks__mdb_fail(char *err, size_t errlen, int mdb_rc, const char *what) {
   return ks__fail(err, errlen, ks__rc(mdb_rc), "%s: %s", what, mdb_strerror(mdb_rc));
 }
 
@@ -104,9 +99,6 @@ int keystore_name_check(const char *name, char *err, size_t errlen) {
 
 /* ---- what a certificate is indexed under ------------------------------------ */
 
-enum ks_kind { KS_EMAIL, KS_DOMAIN };
-typedef int (*ks_id_fn)(void *arg, enum ks_kind kind, const char *id);
-
 /* One identity as a C string (case as written), or -1 when it cannot be
  * one (an embedded NUL, an over-long or empty value): such names are
  * skipped, as a certificate cannot be looked up by them anyway. */
@@ -119,12 +111,12 @@ static int ks__id_copy(const ASN1_STRING *s, char *out) {
   return len;
 }
 
-static void ks__lower(const char *in, char *out) {
+void ks__lower(const char *in, char *out) {
   while ((*out++ = (char)tolower((unsigned char)*in++)) != '\0') {}
 }
 
 /* Calls fn for each SAN e-mail, subject emailAddress and SAN DNS name. */
-static int ks__ids(X509 *x, ks_id_fn fn, void *arg) {
+int ks__ids(X509 *x, ks_id_fn fn, void *arg) {
   char id[KS_ID_MAX + 1];
   int rc = 0;
   GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
@@ -149,7 +141,7 @@ static int ks__count_id(void *arg, enum ks_kind kind, const char *id) {
 }
 
 /* What add and import require of a certificate (the header's rule). */
-static int ks__cert_check(X509 *x, char *err, size_t errlen) {
+int ks__cert_check(X509 *x, char *err, size_t errlen) {
   int n = 0;
   ks__ids(x, ks__count_id, &n);
   if (n == 0)
@@ -164,14 +156,23 @@ static int ks__cert_check(X509 *x, char *err, size_t errlen) {
 
 /* ---- records ---------------------------------------------------------------- */
 
+void ks__be64_put(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+uint64_t ks__be64_get(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++) v = v << 8 | p[i];
+  return v;
+}
+
 /* The pubkeys value for x: time added (big-endian) and the DER. */
 static int ks__encode(X509 *x, time_t added, unsigned char **out, size_t *len_out) {
   int der_len = i2d_X509(x, NULL);
   if (der_len <= 0) return SG_EINVAL;
   unsigned char *v = malloc(8 + (size_t)der_len), *p = v + 8;
   if (!v) return SG_ENOMEM;
-  uint64_t t = (uint64_t)added;
-  for (int i = 0; i < 8; i++) v[i] = (unsigned char)(t >> (56 - 8 * i));
+  ks__be64_put(v, (uint64_t)added);
   i2d_X509(x, &p);
   *out = v;
   *len_out = 8 + (size_t)der_len;
@@ -183,8 +184,7 @@ static int ks__encode(X509 *x, time_t added, unsigned char **out, size_t *len_ou
 static int ks__decode(const MDB_val *v, X509 **x_out, time_t *added_out) {
   if (v->mv_size <= 8) return SG_ECORRUPT;
   const unsigned char *p = v->mv_data;
-  uint64_t t = 0;
-  for (int i = 0; i < 8; i++) t = t << 8 | p[i];
+  uint64_t t = ks__be64_get(p);
   const unsigned char *der = p + 8;
   X509 *x = d2i_X509(NULL, &der, (long)(v->mv_size - 8));
   if (!x || der != p + v->mv_size) {
@@ -236,8 +236,8 @@ static int ks__remove(struct keystore *ks, MDB_txn *txn, const char *name) {
 }
 
 /* Store x under name (replacing an existing record only when replace). */
-static int ks__store(struct keystore *ks, MDB_txn *txn, const char *name, X509 *x, bool replace,
-                     char *err, size_t errlen) {
+int ks__store(struct keystore *ks, MDB_txn *txn, const char *name, X509 *x, bool replace, char *err,
+              size_t errlen) {
   unsigned char *val;
   size_t len;
   int rc = ks__encode(x, time(NULL), &val, &len);
@@ -264,7 +264,7 @@ static int ks__dbis(struct keystore *ks, bool create) {
   if (!(rc = mdb_dbi_open(txn, "pubkeys", c, &ks->pubkeys)) &&
       !(rc = mdb_dbi_open(txn, "by_email", c | MDB_DUPSORT, &ks->by_email)) &&
       !(rc = mdb_dbi_open(txn, "by_domain", c | MDB_DUPSORT, &ks->by_domain)) &&
-      !(rc = mdb_dbi_open(txn, "cas", c, &ks->cas)))
+      !(rc = mdb_dbi_open(txn, "cas", c, &ks->cas)) && !(rc = ks__harvest_dbis(ks, txn, create)))
     return mdb_txn_commit(txn); /* a read-only commit keeps the handles */
   mdb_txn_abort(txn);
   return rc;
@@ -354,15 +354,20 @@ void keystore_close(struct keystore *ks) {
 
 /* Each call makes its own transaction: with MDB_NOTLS a read transaction
  * belongs to no thread slot, so crypto workers may look up concurrently. */
-static int ks__begin(struct keystore *ks, bool write, MDB_txn **txn, char *err, size_t errlen) {
+int ks__begin(struct keystore *ks, bool write, MDB_txn **txn, char *err, size_t errlen) {
   if (write && !ks->writable) return ks__fail(err, errlen, SG_EPERM, "key store opened read-only");
   if (!ks->env) return ks__fail(err, errlen, SG_ENOTFOUND, "key store is empty");
   int rc = mdb_txn_begin(ks->env, NULL, write ? 0 : MDB_RDONLY, txn);
   return rc ? ks__mdb_fail(err, errlen, rc, "key store") : 0;
 }
 
-static int ks__commit(MDB_txn *txn, char *err, size_t errlen) {
-  int rc = mdb_txn_commit(txn);
+int ks__commit(struct keystore *ks, MDB_txn *txn, bool bump, char *err, size_t errlen) {
+  int rc = bump ? ks__generation_bump(ks, txn) : 0;
+  if (rc) {
+    mdb_txn_abort(txn);
+    return ks__mdb_fail(err, errlen, rc, "counting the key store's generation");
+  }
+  rc = mdb_txn_commit(txn);
   return rc ? ks__mdb_fail(err, errlen, rc, "committing the key store") : 0;
 }
 
@@ -377,7 +382,7 @@ int keystore_pubkey_add(struct keystore *ks, const char *name, X509 *cert, char 
     mdb_txn_abort(txn);
     return rc;
   }
-  return ks__commit(txn, err, errlen);
+  return ks__commit(ks, txn, true, err, errlen);
 }
 
 int keystore_pubkey_delete(struct keystore *ks, const char *name) {
@@ -388,7 +393,7 @@ int keystore_pubkey_delete(struct keystore *ks, const char *name) {
     mdb_txn_abort(txn);
     return ks__rc(rc);
   }
-  return ks__commit(txn, NULL, 0);
+  return ks__commit(ks, txn, true, NULL, 0);
 }
 
 int keystore_pubkey_get(struct keystore *ks, const char *name, X509 **cert_out, time_t *added_out) {
@@ -679,7 +684,7 @@ int keystore_pubkey_import(struct keystore *ks, FILE *f, const char *fname,
     mdb_txn_abort(im.txn);
     return rc;
   }
-  if ((rc = ks__commit(im.txn, err, errlen)) == 0) *n_out = im.n_done;
+  if ((rc = ks__commit(ks, im.txn, true, err, errlen)) == 0) *n_out = im.n_done;
   return rc;
 }
 
@@ -712,7 +717,7 @@ static int ks__match_id(void *arg, enum ks_kind kind, const char *id) {
 }
 
 /* Validity at now and fitness for encryption (R13: cert_uses judges). */
-static bool ks__usable(X509 *x, time_t now) {
+bool ks__usable(X509 *x, time_t now) {
   return X509_cmp_time(X509_get0_notBefore(x), &now) < 0 && X509_cmp_time(X509_get0_notAfter(x), &now) > 0 &&
          (cert_uses(x) & CERT_USE_ENCRYPT);
 }
@@ -778,6 +783,11 @@ int keystore_lookup_tier(struct keystore *ks, enum keystore_tier tier, const cha
   if (rc) return rc;
   X509 *best = NULL;
   rc = ks__lookup(ks, txn, tier, key, now, &best);
+  if (rc == 0 && !best) { /* managed keys first; then the tier key's harvested record */
+    char lower[KS_ID_MAX + 1];
+    ks__lower(key, lower);
+    rc = ks__harvest_lookup(ks, txn, lower, now, &best, caps_out);
+  }
   mdb_txn_abort(txn);
   if (rc == 0 && !best) rc = SG_ENOTFOUND;
   if (rc) X509_free(best);
@@ -806,6 +816,36 @@ static int ks__ca_check(STACK_OF(X509) *certs, char *err, size_t errlen) {
     return ks__fail(err, errlen, SG_EINVAL, "certificate %d (%s) is not a CA certificate (needs "
                     "basicConstraints CA:TRUE, or a self-signed version 1 root)", i + 1, subj);
   }
+  return 0;
+}
+
+/* The issuer is found by name, and the signature must verify with its key:
+ * a CRL naming one CA but signed by another key is a forgery or a
+ * mistake, and either way verification must never lean on it. */
+int keystore_ca_crl_check(STACK_OF(X509) *certs, X509_CRL *crl, char *err, size_t errlen) {
+  char issuer[256] = "";
+  X509_NAME_oneline(X509_CRL_get_issuer(crl), issuer, sizeof issuer);
+  bool named = false;
+  for (int i = 0; i < sk_X509_num(certs); i++) {
+    X509 *ca = sk_X509_value(certs, i);
+    if (X509_NAME_cmp(X509_get_subject_name(ca), X509_CRL_get_issuer(crl)) != 0) continue;
+    named = true;
+    EVP_PKEY *pub = X509_get0_pubkey(ca);
+    int ok = pub ? X509_CRL_verify(crl, pub) : 0;
+    ERR_clear_error();
+    if (ok == 1) return 0;
+  }
+  if (!named)
+    return ks__fail(err, errlen, SG_EINVAL, "issued by %s, and no certificate of the list has that subject", issuer);
+  return ks__fail(err, errlen, SG_EINVAL, "issued by %s, but its signature does not verify with that CA's key",
+                  issuer);
+}
+
+static int ks__crls_check(STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls, char *err, size_t errlen) {
+  char why[400];
+  for (int i = 0; crls && i < sk_X509_CRL_num(crls); i++)
+    if (keystore_ca_crl_check(certs, sk_X509_CRL_value(crls, i), why, sizeof why) != 0)
+      return ks__fail(err, errlen, SG_EINVAL, "CRL %d: %s", i + 1, why);
   return 0;
 }
 
@@ -877,7 +917,8 @@ static int ks__ca_decode(const MDB_val *v, STACK_OF(X509) **out, STACK_OF(X509_C
 int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls,
                        char *err, size_t errlen) {
   int rc = keystore_name_check(name, err, errlen);
-  if (rc || (rc = ks__ca_check(certs, err, errlen))) return rc;
+  if (rc || (rc = ks__ca_check(certs, err, errlen)) || (rc = ks__crls_check(certs, crls, err, errlen)))
+    return rc;
   unsigned char *val;
   size_t len;
   if ((rc = ks__ca_encode(certs, crls, &val, &len)) != 0) return ks__fail(err, errlen, rc, "cannot encode the list");
@@ -888,7 +929,7 @@ int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *ce
     if (mrc == MDB_KEYEXIST) rc = ks__fail(err, errlen, SG_EEXIST, "a CA list named '%s' exists; delete it first", name);
     else if (mrc) rc = ks__mdb_fail(err, errlen, mrc, "writing the key store");
     if (rc) mdb_txn_abort(txn);
-    else rc = ks__commit(txn, err, errlen);
+    else rc = ks__commit(ks, txn, true, err, errlen);
   }
   free(val);
   return rc;
@@ -903,7 +944,7 @@ int keystore_ca_delete(struct keystore *ks, const char *name) {
     mdb_txn_abort(txn);
     return ks__rc(rc);
   }
-  return ks__commit(txn, NULL, 0);
+  return ks__commit(ks, txn, true, NULL, 0);
 }
 
 static int ks__each_ca(void *arg, const char *name, const MDB_val *v) {

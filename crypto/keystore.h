@@ -7,18 +7,20 @@
  * time it was added), "by_email" (lower-cased SAN e-mail -> name,
  * duplicates sorted), "by_domain" (lower-cased SAN DNS name, a wildcard
  * kept as "*.example.com" -> name, duplicates sorted), "cas" (list name ->
- * DER certificates).  Managed keys are an explicit trust decision of the
- * administrator (`sealctl pubkey add`): no chain check.  Harvested keys
- * (R17-R21) live beside them, with their own records.
+ * DER certificates and CRLs).  Managed keys are an explicit trust decision
+ * of the administrator (`sealctl pubkey add`): no chain check.  Harvested
+ * keys (R17-R21) live beside them, with their own records ("harvested",
+ * "held", "by_used", "alerts", "meta": crypto/keystore_harvest.c).
  *
  * Callers: sealctl (writes; may run while the daemon runs: LMDB has one
  * writer at a time and readers never block), the daemon's crypto workers
- * (keystore_lookup, read-only transactions).  Writes commit (fsync) and
- * must not run on a loop thread.
+ * (keystore_lookup, read-only transactions; keystore_harvest_put).  Writes
+ * commit (fsync) and must not run on a loop thread.
  *
  * Untrusted input: PEM files given to add/import (any bytes: each bad
- * block is an error naming the file and block number), and whatever the
- * database holds (each record is parsed and checked before use).
+ * block is an error naming the file and block number), certificates
+ * harvested from mail, and whatever the database holds (each record is
+ * parsed and checked before use; a corrupt record is not found).
  *
  * Ownership: X509 objects returned through *_out are the caller's.
  * Returns 0 or a negative enum sgerr; err (when given) names the problem.
@@ -108,22 +110,31 @@ int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 *
  *
  * Records keyed by the lower-cased address the signer proved (SAN e-mail
  * matching From) or, for a domain certificate (SAN DNS only), by the
- * domain.  The caller (crypto/incoming.c) has already decided the
- * certificate may be harvested (signature, chain, From, R18); the store
- * decides replacement:
+ * domain (the store lower-cases the key it is given).  The caller
+ * (crypto/incoming.c) has already decided the certificate may be harvested
+ * (signature, chain, From, R18); the store still refuses (SG_EINVAL) a
+ * certificate that does not name its key (an address key: a SAN e-mail or
+ * subject emailAddress equal to it; a domain key: a SAN DNS name equal to
+ * it or a wildcard one label up), and decides replacement:
  *   - unknown key: stored (KEYSTORE_HARVEST_ADDED);
- *   - the same certificate again: nothing but the use time
- *     (KEYSTORE_HARVEST_SAME);
+ *   - the same certificate (DER) again: KEYSTORE_HARVEST_SAME; the record
+ *     is rewritten only when its caps changed or its use time is more than
+ *     an hour old (every signed message is a put; a commit is an fsync);
  *   - a different certificate for a known key replaces it only when
- *     updated_keys is set and its notBefore is later than the stored one's
- *     (KEYSTORE_HARVEST_REPLACED); otherwise it is held
- *     (KEYSTORE_HARVEST_HELD) for an administrator, never used;
- *   - more than one replacement for the same key within 48 hours (R19):
- *     the later one is held and an alert is recorded
- *     (KEYSTORE_HARVEST_ALERT; also held).
- * The store is bounded (max_bytes of harvested records, 512 MB default,
- * R20): when an insert goes over, the keys used least recently are evicted
- * until it is at 90 %.  Use times are written in batches
+ *     updated_keys is set and its notBefore is strictly later than the
+ *     stored one's (KEYSTORE_HARVEST_REPLACED; a hold of that same
+ *     certificate is cleared); otherwise it is held
+ *     (KEYSTORE_HARVEST_HELD) for an administrator, never used; one hold
+ *     per key: a later one replaces it;
+ *   - a different certificate less than 48 hours after the key's last
+ *     replacement (R19): held, and an alert is recorded
+ *     (KEYSTORE_HARVEST_ALERT); the caller logs it.  The certificate that
+ *     is already held arriving again is HELD with no new alert (one alert
+ *     per substitution, not one per message).
+ * The store is bounded (max_bytes of key + record bytes of active and held
+ * records, 512 MB default, R20): when a put goes over, the keys used least
+ * recently (never the one just put) are evicted with their holds, in the
+ * same transaction, until it is at 90 %.  Use times are written in batches
  * (keystore_harvest_touch), never on every lookup.
  */
 enum keystore_harvest_outcome {
@@ -139,9 +150,11 @@ struct keystore_harvest_opts {
   size_t max_bytes;   /* 0: the 512 MB default */
 };
 
-/* key: lower-cased address or domain.  caps: KEYSTORE_CAP_* from the
- * signer's SMIMECapabilities.  *outcome_out says what happened; *evicted_out
- * (may be NULL) how many keys were evicted to make room. */
+/* key: the address or domain (lower-cased by the store).  caps:
+ * KEYSTORE_CAP_* from the signer's SMIMECapabilities.  o NULL: the
+ * defaults (updated_keys false, 512 MB).  *outcome_out (may be NULL) says
+ * what happened; *evicted_out (may be NULL) how many keys were evicted to
+ * make room.  One write transaction: all of it happens, or none. */
 int keystore_harvest_put(struct keystore *ks, const char *key, X509 *cert, unsigned caps, time_t now,
                          const struct keystore_harvest_opts *o, enum keystore_harvest_outcome *outcome_out,
                          size_t *evicted_out, char *err, size_t errlen);
@@ -166,15 +179,21 @@ int keystore_harvest_get(struct keystore *ks, const char *key, keystore_harvest_
  * (name taken) as for keystore_pubkey_add. */
 int keystore_harvest_promote(struct keystore *ks, const char *key, const char *name, time_t now,
                              char *err, size_t errlen);
-/* Mark keys as used at now, one transaction. */
+/* Mark keys (addresses or domains, any case) as used at now, one
+ * transaction; unknown keys and times that would go back are skipped.
+ * Does not move the generation (a use time changes no answer). */
 int keystore_harvest_touch(struct keystore *ks, char *const *keys, size_t n, time_t now);
 
-/* Alerts the store recorded (R19), oldest first. */
+/* Alerts the store recorded (R19), oldest first; the newest 1000 are
+ * kept.  key and text are borrowed for the call. */
 typedef int (*keystore_alert_fn)(void *arg, time_t when, const char *key, const char *text);
 int keystore_alert_each(struct keystore *ks, keystore_alert_fn fn, void *arg);
 
-/* A number that changes on every write to the store (any process): the
- * daemon's cache compares it to know when to drop what it holds. */
+/* A number that changes on every write to the store that can change an
+ * answer (any process): managed add, delete and import, CA import and
+ * delete, harvest put (except a SAME that only moved the use time) and
+ * promote; not keystore_harvest_touch.  The daemon's cache compares it to
+ * know when to drop what it holds.  0 for a store never written. */
 int keystore_generation(struct keystore *ks, unsigned long *gen_out);
 
 /* ---- CA lists (trust anchors for verifying incoming mail, R5, R22) ---------
@@ -185,6 +204,11 @@ int keystore_generation(struct keystore *ks, unsigned long *gen_out);
 
 int keystore_ca_import(struct keystore *ks, const char *name, STACK_OF(X509) *certs,
                        STACK_OF(X509_CRL) *crls, char *err, size_t errlen);
+/* What import requires of each CRL: its issuer is the subject of one of
+ * certs, and its signature verifies with that certificate's key
+ * (SG_EINVAL naming the issuer otherwise).  Exposed so that sealctl can
+ * name the file's block. */
+int keystore_ca_crl_check(STACK_OF(X509) *certs, X509_CRL *crl, char *err, size_t errlen);
 int keystore_ca_delete(struct keystore *ks, const char *name);
 /* fn gets each list's name, certificates and CRLs (borrowed; crls never NULL). */
 typedef int (*keystore_ca_fn)(void *arg, const char *name, STACK_OF(X509) *certs,

@@ -35,13 +35,16 @@
  */
 #include "crypto/mime.h"
 
+#include <ctype.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <gmime/gmime.h>
+#include <openssl/evp.h>
 
 #include "core/buf.h"
 #include "core/sgerr.h"
@@ -568,4 +571,171 @@ void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t ca
   }
   if (list) g_object_unref(list);
   free(value);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reading what a sender made (incoming S/MIME)                             */
+
+int mime_split_raw(const char *msg, size_t len, struct mime_split *out) {
+  memset(out, 0, sizeof *out);
+  if (!msg && len) return SG_EINVAL;
+  if (!msg) msg = "";
+  struct header_split hs = {BUF_INIT, BUF_INIT, false, 0};
+  struct buf entity = BUF_INIT;
+  int rc = header_split(msg, len, &hs, NULL);
+  const char *body = msg + hs.body_off;
+  size_t body_len = len - hs.body_off;
+  if (rc == 0) rc = entity_head(&entity, &hs, body, body_len, NULL);
+  if (rc == 0) rc = buf_append(&entity, body, body_len);
+  if (rc == 0) out->outer = buf_steal(&hs.outer, &out->outer_len);
+  if (rc == 0 && out->outer) out->entity = buf_steal(&entity, &out->entity_len);
+  if (rc == 0 && !out->entity) rc = SG_ENOMEM;
+  buf_free(&hs.outer);
+  buf_free(&hs.ehdr);
+  buf_free(&entity);
+  if (rc) mime_split_free(out);
+  return rc;
+}
+
+/* The unfolded value of the first field called name in the header block
+ * p[0..n) (which ends at the empty line or at n), or NULL. */
+static char *field_value(const char *p, size_t n, const char *name) {
+  struct buf v = BUF_INIT;
+  bool in = false;
+  while (n) {
+    size_t eol, k = line_next(p, n, &eol);
+    if (k == 0) break; /* the empty line: end of the header */
+    bool cont = p[0] == ' ' || p[0] == '\t';
+    size_t skip = 0;
+    if (in && !cont) break;
+    if (!in && !cont && field_is(p, k, name)) {
+      in = true;
+      skip = (size_t)((const char *)memchr(p, ':', k) - p) + 1;
+    }
+    if (in && buf_append(&v, p + skip, k - skip)) break;
+    p += k + eol;
+    n -= k + eol;
+  }
+  return in ? buf_steal(&v, NULL) : NULL;
+}
+
+static void lower_copy(char *dst, size_t cap, const char *s) {
+  size_t i = 0;
+  for (; s && s[i] && i + 1 < cap; i++) dst[i] = (char)tolower((unsigned char)s[i]);
+  dst[i] = '\0';
+}
+
+/* Where the body starts: after the empty line, or at the first line that
+ * is neither a field nor a continuation (as header_split decides). */
+static size_t body_offset(const char *p, size_t n) {
+  size_t i = 0;
+  bool in_field = false;
+  while (i < n) {
+    size_t eol, k = line_next(p + i, n - i, &eol);
+    if (k == 0) return i + eol;
+    if (p[i] == ' ' || p[i] == '\t') {
+      if (!in_field) break;
+    } else if (line_is_field(p + i, k)) {
+      in_field = true;
+    } else {
+      break;
+    }
+    i += k + eol;
+  }
+  return i;
+}
+
+int mime_entity_info(const char *entity, size_t len, struct mime_entity_info *out) {
+  memset(out, 0, sizeof *out);
+  mime_init();
+  out->body_off = body_offset(entity, len);
+  snprintf(out->type, sizeof out->type, "text/plain");
+  char *ct = field_value(entity, out->body_off, "content-type");
+  char *cte = field_value(entity, out->body_off, "content-transfer-encoding");
+  if (cte) lower_copy(out->cte, sizeof out->cte, g_strstrip(cte));
+  GMimeContentType *t = ct ? g_mime_content_type_parse(NULL, ct) : NULL;
+  if (t && g_mime_content_type_get_media_type(t) && g_mime_content_type_get_media_subtype(t)) {
+    char tmp[sizeof out->type];
+    snprintf(tmp, sizeof tmp, "%s/%s", g_mime_content_type_get_media_type(t), g_mime_content_type_get_media_subtype(t));
+    lower_copy(out->type, sizeof out->type, tmp);
+    lower_copy(out->smime_type, sizeof out->smime_type, g_mime_content_type_get_parameter(t, "smime-type"));
+    lower_copy(out->protocol, sizeof out->protocol, g_mime_content_type_get_parameter(t, "protocol"));
+    lower_copy(out->name, sizeof out->name, g_mime_content_type_get_parameter(t, "name"));
+    const char *b = g_mime_content_type_get_parameter(t, "boundary");
+    if (b && strlen(b) < sizeof out->boundary) snprintf(out->boundary, sizeof out->boundary, "%s", b);
+  }
+  if (t) g_object_unref(t);
+  free(ct);
+  free(cte);
+  return 0;
+}
+
+/* Is the line p[0..k) a delimiter of boundary ("--b", then optional
+ * whitespace; "--b--" closes)?  *close_out says which. */
+static bool line_is_delimiter(const char *p, size_t k, const char *b, size_t blen, bool *close_out) {
+  if (k < blen + 2 || p[0] != '-' || p[1] != '-' || memcmp(p + 2, b, blen) != 0) return false;
+  size_t i = blen + 2;
+  *close_out = k >= i + 2 && p[i] == '-' && p[i + 1] == '-';
+  if (*close_out) i += 2;
+  while (i < k && (p[i] == ' ' || p[i] == '\t')) i++;
+  return i == k;
+}
+
+int mime_multipart_parts(const char *body, size_t len, const char *boundary, struct mime_range *parts,
+                         size_t max, size_t *n_out) {
+  size_t blen = strlen(boundary), n = 0, i = 0;
+  bool open = false, closed = false;
+  *n_out = 0;
+  if (blen == 0) return SG_EINVAL;
+  while (i < len && !closed) {
+    size_t eol, k = line_next(body + i, len - i, &eol);
+    bool close;
+    if (line_is_delimiter(body + i, k, boundary, blen, &close)) {
+      if (open) { /* the line end before a delimiter belongs to it (RFC 2046 5.1.1) */
+        size_t end = i;
+        if (end >= 2 && body[end - 2] == '\r' && body[end - 1] == '\n') end -= 2;
+        else if (end >= 1 && body[end - 1] == '\n') end -= 1;
+        parts[n - 1].len = end > parts[n - 1].off ? end - parts[n - 1].off : 0;
+      }
+      closed = close;
+      if (!close) {
+        if (n == max) return SG_ELIMIT;
+        parts[n++] = (struct mime_range){i + k + eol, 0};
+        open = true;
+      } else {
+        open = false;
+      }
+    }
+    i += k + eol;
+  }
+  if (!closed || n == 0) return SG_EINVAL; /* no closing delimiter: truncated or not multipart */
+  *n_out = n;
+  return 0;
+}
+
+int mime_base64_decode(const char *p, size_t n, struct buf *out) {
+  EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
+  if (!ctx) return SG_ENOMEM;
+  int rc = buf_reserve(out, n / 4 * 3 + 3);
+  EVP_DecodeInit(ctx);
+  int got = 0;
+  /* EVP_DecodeUpdate takes an int length: feed it in slices. */
+  for (size_t off = 0; rc == 0 && off < n; off += 1u << 20) {
+    int len = (int)(n - off < (1u << 20) ? n - off : 1u << 20);
+    if (EVP_DecodeUpdate(ctx, (unsigned char *)out->data + out->len, &got, (const unsigned char *)p + off, len) < 0)
+      rc = SG_EINVAL;
+    else
+      out->len += (size_t)got;
+  }
+  if (rc == 0 && EVP_DecodeFinal(ctx, (unsigned char *)out->data + out->len, &got) < 0) rc = SG_EINVAL;
+  else if (rc == 0) out->len += (size_t)got;
+  EVP_ENCODE_CTX_free(ctx);
+  return rc;
+}
+
+int mime_crlf(const char *p, size_t n, struct buf *out) {
+  struct scan st = {0};
+  scan_bytes(&st, p, n);
+  if (st.odd_eols == 0) return 1;
+  return canon_append(out, p, n, NULL);
 }

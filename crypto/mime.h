@@ -27,6 +27,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "core/buf.h"
+
 #define MIME_MAX_DEPTH 32
 #define MIME_MAX_PARTS 1000
 
@@ -57,5 +59,44 @@ void mime_split_free(struct mime_split *s);
  * (lower-cased domain), for logs and policy; "" if none.  Writes at most
  * cap bytes. */
 void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t cap);
+
+/* ---- the incoming side: reading what a sender made, byte for byte ---- */
+
+/* Like mime_split, but the entity's body is kept exactly as received (a
+ * signature covers those bytes): only the header fields are sorted into
+ * outer and entity (CRLF-terminated), nothing is re-encoded.  The
+ * entity's header gets a default Content-Type if it had none. */
+int mime_split_raw(const char *msg, size_t len, struct mime_split *out);
+
+/* What an entity's header says about it.  Lower-cased, "" when absent;
+ * type defaults to "text/plain"; values too long for a field are cut
+ * (boundary: left "" rather than cut). */
+struct mime_entity_info {
+  size_t body_off;     /* offset of the body in the entity */
+  char type[96];       /* "type/subtype" */
+  char smime_type[40]; /* smime-type parameter */
+  char protocol[96];   /* protocol parameter */
+  char name[96];       /* name parameter */
+  char boundary[80];   /* boundary parameter, case kept (RFC 2046: at most 70) */
+  char cte[32];        /* Content-Transfer-Encoding */
+};
+int mime_entity_info(const char *entity, size_t len, struct mime_entity_info *out);
+
+/* The parts of a multipart body: byte ranges (relative to body) of each
+ * part's entity, the line end before each delimiter excluded.  SG_EINVAL
+ * without a closing delimiter (truncated), SG_ELIMIT beyond max parts. */
+struct mime_range {
+  size_t off, len;
+};
+int mime_multipart_parts(const char *body, size_t len, const char *boundary, struct mime_range *parts,
+                         size_t max, size_t *n_out);
+
+/* Line ends made CRLF: 1 (out untouched) if they all are already, else 0
+ * with the canonical bytes appended to out, or SG_ENOMEM. */
+int mime_crlf(const char *p, size_t n, struct buf *out);
+
+/* Base64 (line breaks and whitespace allowed) appended to out as bytes;
+ * SG_EINVAL for anything else. */
+int mime_base64_decode(const char *p, size_t n, struct buf *out);
 
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/sgerr.h"
+#include "crypto/keycache.h"
 #include "crypto/keystore.h"
 #include "crypto/mime.h"
 #include "crypto/smime.h"
@@ -44,12 +45,17 @@ static int outgoing__keys(const struct outgoing_request *rq, struct outgoing_res
                           STACK_OF(X509) **certs_out) {
   STACK_OF(X509) *certs = sk_X509_new_null();
   res->keyed = calloc(rq->n_rcpts ? rq->n_rcpts : 1, sizeof *res->keyed);
+  res->all_gcm = rq->n_rcpts > 0;
   res->n_keyed = rq->n_rcpts;
   int rc = certs && res->keyed ? 0 : SG_ENOMEM;
   bool all = true;
   for (size_t i = 0; rc == 0 && i < rq->n_rcpts; i++) {
     X509 *x = NULL;
-    int lr = rq->keys ? keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x, NULL) : SG_ENOTFOUND;
+    unsigned caps = 0;
+    int lr = rq->cache  ? keycache_lookup(rq->cache, rq->rcpts[i], rq->now, &x, &caps)
+             : rq->keys ? keystore_lookup(rq->keys, rq->rcpts[i], rq->now, &x, &caps)
+                        : SG_ENOTFOUND;
+    if (!(caps & KEYSTORE_CAP_AES256_GCM)) res->all_gcm = false; /* encryption: auto (#5) */
     if (lr == 0 && sk_X509_push(certs, x)) {
       res->keyed[i] = true;
     } else {
@@ -124,7 +130,11 @@ static int outgoing__sign_last_around(struct outgoing_layers *L, struct buf *out
 
 static int outgoing__encrypt(struct outgoing_layers *L, const char *in, size_t len, struct buf *out) {
   char err[200];
-  enum smime_cipher c = L->rq->profile->encryption == CONFIG_ENC_AES256_GCM ? SMIME_AES256_GCM : SMIME_AES256_CBC;
+  /* auto: GCM when every recipient announced it (harvested
+   * SMIMECapabilities, R17), else CBC, which every peer reads. */
+  bool gcm = L->rq->profile->encryption == CONFIG_ENC_AES256_GCM ||
+             (L->rq->profile->encryption == CONFIG_ENC_AUTO && L->res->all_gcm);
+  enum smime_cipher c = gcm ? SMIME_AES256_GCM : SMIME_AES256_CBC;
   enum smime_key_transport kt = L->rq->profile->key_transport == CONFIG_KT_RSA_OAEP ? SMIME_KT_OAEP : SMIME_KT_PKCS1;
   int rc = smime_encrypt(in, len, L->certs, c, kt, out, err, sizeof err);
   if (rc) outgoing__set(L->res, OUTGOING_FAIL, "encryption failed: %s", err);

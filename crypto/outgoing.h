@@ -29,6 +29,7 @@
 #include "hsm/hsm.h"
 
 struct keystore;
+struct keycache;
 
 /* The organisation's signing key and certificates, as the keyring had them
  * when the job was made (up-referenced copies: see keyring_signer). */
@@ -42,6 +43,7 @@ struct outgoing_request {
   const struct config_sending_profile *profile;
   const struct outgoing_signer *signer; /* NULL when the mode does not sign */
   struct keystore *keys;                /* recipient certificates */
+  struct keycache *cache;               /* in front of keys (may be NULL: keys asked directly) */
   bool plain_copy;                      /* the split-off copy for recipients without keys */
   const char *data;                     /* the message as received */
   size_t len;
@@ -66,6 +68,7 @@ struct outgoing_result {
   const char *action; /* static: "sign", "encrypt", "sign-encrypt", "triple", "relay" */
   struct buf out;     /* DONE: the whole message to send */
   bool *keyed;        /* n_rcpts entries (NOKEYS and DONE with encryption) */
+  bool all_gcm;       /* every recipient's key announced AES-256-GCM (encryption: auto) */
   size_t n_keyed;
 };
 

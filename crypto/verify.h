@@ -39,7 +39,14 @@ struct verify_trust;
 /* Anchors: every CA list and CRL in ks (may be NULL), the managed public
  * keys of ks (explicitly trusted signers), the system bundle when
  * system_cas, and the CRL files named (PEM or DER, each may hold several).
- * A CRL file that cannot be read is an error naming the file. */
+ * A CRL file that cannot be read is an error naming the file.  Chains
+ * are checked against these CRLs only (never CRLs carried in a message),
+ * for every certificate of the chain, delta CRLs and distribution points
+ * included; certificate policies with RFC 5280's default initial set.
+ * Every certificate of a CA list is an anchor (an intermediate too); an
+ * anchor's own revocation is not checked (RFC 5280 6.1).  A signer equal
+ * to a managed key is trusted without chain or CRL, but must be within
+ * its validity at now. */
 int verify_trust_new(struct keystore *ks, bool system_cas, char *const *crl_files, size_t n_crl_files,
                      struct verify_trust **out, char *err, size_t errlen);
 void verify_trust_free(struct verify_trust *t);
@@ -74,12 +81,28 @@ struct verify_result {
   enum verify_status status;
   /* FAIL and POLICY: one short token for Authentication-Results reason=
    * ("bad-signature", "untrusted", "expired", "not-yet-valid", "revoked",
-   * "revocation-unknown", "key-usage", "weak-key", "from-mismatch",
-   * "no-from", "too-many-signers", "too-many-certificates",
-   * "malformed"), and a longer detail for the log. */
+   * "revocation-unknown", "key-usage", "weak-key", "key-size" (signer key
+   * above max_rsa_bits: not tried), "from-mismatch", "no-from",
+   * "too-many-signers", "too-many-certificates", "malformed" (the
+   * caller's, for SG_EINVAL)), and a longer detail for the log.  PASS:
+   * reason "", detail names the signer.
+   *
+   * Precedence: budgets; then FAIL when no signature verifies; then for
+   * the signer reported, the first of revoked, untrusted (any other chain
+   * error), expired, not-yet-valid (the signer or any certificate of its
+   * chain), weak-key, revocation-unknown (no CRL for an issuer with
+   * revocation_hard; a CRL present but stale, badly signed or of the
+   * wrong scope always), key-usage (R12: cert_uses() CERT_USE_SIGN, and
+   * OpenSSL's S/MIME signing purpose), no-from / from-mismatch.
+   * Several SignerInfos: each signature is checked on its own; the
+   * message passes if one signer passes everything, else the first whose
+   * signature verified is reported; when none verified (FAIL), the
+   * certificate of the first signer whose signature failed is still
+   * judged and reported in signer, identity, chain_ok... (for
+   * harvest.on_failed_verification), the status staying FAIL. */
   char reason[32];
   char detail[200];
-  /* The signer (first SignerInfo whose signature verified; else NULL) and
+  /* The signer reported (see above; NULL when no signer had a certificate) and
    * every certificate the message carried (never NULL after success). */
   X509 *signer;
   STACK_OF(X509) *certs;
@@ -94,16 +117,24 @@ struct verify_result {
   unsigned caps;             /* VERIFY_CAP_* from the signed SMIMECapabilities */
 };
 
+/* Releases signer and certs (the struct itself is the caller's).  The
+ * verify_* functions overwrite res without freeing it: free a result
+ * before reusing the struct.  On a negative return res holds nothing. */
 void verify_result_free(struct verify_result *res);
 
 /* multipart/signed: content is the first part exactly as it was signed
- * (CRLF canonical), sig the DER of the application/pkcs7-signature part. */
+ * (CRLF canonical), sig the DER of the application/pkcs7-signature part.
+ * The digest is over these bytes as they are (CMS binary mode): nothing
+ * is canonicalised here. */
 int verify_detached(const char *content, size_t len, const unsigned char *sig, size_t sig_len,
                     const struct verify_params *p, struct verify_result *res, char *err, size_t errlen);
 
 /* application/pkcs7-mime; smime-type=signed-data: der is the SignedData
  * ContentInfo; the encapsulated content (a MIME entity) is appended to
- * content_out whatever the outcome, as long as it could be parsed. */
+ * content_out whatever the outcome (FAIL and POLICY too: the caller may
+ * deliver it marked), byte for byte, untrusted.  On a negative return
+ * content_out is as it was (SG_EINVAL also for a SignedData without
+ * encapsulated content). */
 int verify_opaque(const unsigned char *der, size_t len, const struct verify_params *p,
                   struct buf *content_out, struct verify_result *res, char *err, size_t errlen);
 

@@ -9,7 +9,9 @@ PKGS=(build-essential cmake pkg-config clang libclang-rt-14-dev
   libssl-dev openssl libuv1-dev liburcu-dev liblmdb-dev libyaml-dev zlib1g-dev
   libp11-kit-dev libp11-dev libgmime-3.0-dev p11-kit p11-kit-modules softhsm2 opensc libengine-pkcs11-openssl
   libgoogle-perftools-dev libbenchmark-dev libcmocka-dev libpcre2-dev
-  swaks postfix gpgsm python3 strace procps)
+  swaks postfix gpgsm python3 strace procps
+  # NIST PKITS as signed S/MIME messages, for tests/crypto/test_pkits.c
+  python3-cryptography-vectors)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -52,15 +52,20 @@ static void ctl_usage(FILE *f) {
           "  cert backup FILE --password-file F\n"
           "  cert restore FILE --password-file F [--replace]\n"
           "  cert check NAME [--count N]   sign through the token and verify\n"
-          "  alerts list           certificates expiring within 30 days\n"
+          "  alerts list           certificates expiring within 30 days, harvested key updates\n"
           "  pubkey add NAME FILE.pem   others' certificate (explicit trust: no chain check)\n"
           "  pubkey list | show NAME | delete NAME\n"
           "  pubkey export FILE | import FILE   all public keys as text (\"-\" = stdout/stdin)\n"
-          "  ca import NAME FILE.pem   a CA list for verifying incoming mail\n"
+          "  harvested list        keys harvested from signed mail (active and held)\n"
+          "  harvested show ADDRESS\n"
+          "  harvested promote ADDRESS NAME   copy into the public keys (a held key also\n"
+          "                        becomes the active harvested one)\n"
+          "  ca import NAME FILE.pem   a CA list (certificates and their CRLs) for verifying\n"
+          "                        incoming mail\n"
           "  ca list | delete NAME\n"
           "Global options -c and --json may stand anywhere. Exit 0 success,\n"
           "1 failed operation, 2 bad usage.\n"
-          "Commands of later issues (harvested, quarantine, profile)\n"
+          "Commands of later issues (quarantine, profile)\n"
           "are not available in this version.\n");
 }
 
@@ -436,7 +441,7 @@ int main(int argc, char **argv) {
   }
   if (c.argc == 0) return ctl_usage_error("no command given%s", "");
   const char *cmd = c.argv[0];
-  static const char *later[] = {"harvested", "quarantine", "profile"};
+  static const char *later[] = {"quarantine", "profile"};
   int rc;
   if (strcmp(cmd, "init") == 0) rc = ctl_init(&c);
   else if (strcmp(cmd, "config") == 0) rc = ctl_config(&c);
@@ -445,6 +450,7 @@ int main(int argc, char **argv) {
   else if (strcmp(cmd, "cert") == 0) rc = ctl_cert(&c);
   else if (strcmp(cmd, "alerts") == 0) rc = ctl_alerts(&c);
   else if (strcmp(cmd, "pubkey") == 0) rc = ctl_pubkey(&c);
+  else if (strcmp(cmd, "harvested") == 0) rc = ctl_harvested(&c);
   else if (strcmp(cmd, "ca") == 0) rc = ctl_ca(&c);
   else {
     rc = -1;

@@ -1,8 +1,9 @@
 /*
  * sealctl - shared pieces of the admin command line (sealctl.c holds
  * main, init, config, queue and reload; sealctl_cert.c the certificate
- * and alert commands; sealctl_pubkey.c the public key and CA commands).  Exit codes: 0 success, 1 failed operation, 2 bad
- * usage.
+ * and alert commands; sealctl_pubkey.c the public key, harvested key and
+ * CA commands and the key store's alerts).  Exit codes: 0 success, 1
+ * failed operation, 2 bad usage.
  */
 #ifndef SEALGATE_SEALCTL_H
 #define SEALGATE_SEALCTL_H
@@ -47,7 +48,12 @@ int ctl_cert(const struct ctl *c);
 int ctl_check_token(const struct config *cfg, char *err, size_t errlen);
 int ctl_alerts(const struct ctl *c);
 int ctl_pubkey(const struct ctl *c);
+int ctl_harvested(const struct ctl *c);
 int ctl_ca(const struct ctl *c);
+/* alerts list's key store half (sealctl_pubkey.c): prints the harvest
+ * alerts as rows after n_before rows already printed (JSON commas);
+ * returns how many, or -1 when the store could not be read (printed). */
+int ctl_harvest_alerts(const struct ctl *c, int n_before);
 /* init's token and org certificate (sealctl_cert.c). */
 int ctl_init_token(const char *dir, const char *domain, const char *org, const char *hsm,
                    const char *key_type);

@@ -565,16 +565,32 @@ static int ctl_alert_rows(const struct ctl *c, const struct certstore *s) {
   return n;
 }
 
+/* Rows ctl_op_alerts printed (-1: the token could not be read).  A file
+ * static because ctl_with_store's operations return nothing; sealctl runs
+ * one command per process. */
+static int ctl_alerts_cert_rows = -1;
+
 static void ctl_op_alerts(const struct ctl *c, const struct certstore *s) {
   if (c->json) printf("[");
-  int n = ctl_alert_rows(c, s);
-  if (c->json) printf("]\n");
-  else if (n == 0) printf("no alerts\n");
+  ctl_alerts_cert_rows = ctl_alert_rows(c, s);
 }
 
+/* The token's certificate alerts, then the key store's harvest alerts
+ * (R19); either half prints even when the other cannot be read, and the
+ * exit code is 1 if one could not. */
 int ctl_alerts(const struct ctl *c) {
   if (c->argc != 2 || strcmp(c->argv[1], "list") != 0) return ctl_usage_error("alerts needs 'list'%s", "");
-  return ctl_with_store(c, ctl_op_alerts);
+  struct config *cfg; /* a bad config is reported once, not by each half */
+  int rc = ctl_load(c, &cfg);
+  if (rc) return rc;
+  config_unref(cfg);
+  rc = ctl_with_store(c, ctl_op_alerts);
+  int n = ctl_alerts_cert_rows < 0 ? 0 : ctl_alerts_cert_rows;
+  if (c->json && ctl_alerts_cert_rows < 0) printf("[");
+  int h = ctl_harvest_alerts(c, n);
+  if (c->json) printf("]\n");
+  else if (rc == 0 && h == 0 && n == 0) printf("no alerts\n");
+  return rc || h < 0 ? 1 : 0;
 }
 
 /* ---- dispatch ------------------------------------------------------------- */

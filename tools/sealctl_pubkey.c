@@ -1,12 +1,14 @@
 /*
- * sealctl_pubkey - `sealctl pubkey ...` (others' public keys, R15, R16)
- * and `sealctl ca ...` (CA lists for verification, R22).
+ * sealctl_pubkey - `sealctl pubkey ...` (others' public keys, R15, R16),
+ * `sealctl harvested ...` (keys harvested from signed mail, R17-R21),
+ * `sealctl ca ...` (CA lists and their CRLs for verification, R22), and
+ * the key store's half of `sealctl alerts list` (R19).
  *
  * Works on the LMDB key store at the config's `key_store` directly,
  * whether or not the daemon runs (LMDB has one writer at a time and never
  * blocks readers); after a change it tells a running daemon to reload.
  * A managed key is an explicit trust decision of the administrator: no
- * chain or signature check is made.
+ * chain or signature check is made (a promoted harvested key becomes one).
  *
  * Untrusted input: arguments (each unexpected word is a usage error) and
  * PEM files (each bad block is an error naming the file and block).  Exit
@@ -82,32 +84,85 @@ static int ctl_ks_args(const struct ctl *c, int n, const char *usage) {
   return 0;
 }
 
-/* Every PEM certificate in path, in order (*out owned by the caller). */
-static int ctl_ks_read_pem(const char *path, STACK_OF(X509) **out) {
+/* What a PEM file held, block by block (ctl_pem_read). */
+struct ctl_pem {
+  STACK_OF(X509) *certs;
+  STACK_OF(X509_CRL) *crls; /* set by the caller to accept "X509 CRL" blocks */
+  int *crl_block;           /* the file's block number of each CRL */
+};
+
+static void ctl_pem_free(struct ctl_pem *p) {
+  sk_X509_pop_free(p->certs, X509_free);
+  sk_X509_CRL_pop_free(p->crls, X509_CRL_free);
+  free(p->crl_block);
+}
+
+/* One block: a certificate, or a CRL where they are accepted; anything
+ * else (a key, a request, bad DER) is an error naming it. */
+static int ctl_pem_block(struct ctl_pem *p, const char *path, int block, const char *name,
+                         const unsigned char *data, long len) {
+  const unsigned char *d = data;
+  bool is_crl = strcmp(name, PEM_STRING_X509_CRL) == 0;
+  if (is_crl && p->crls) {
+    X509_CRL *c = d2i_X509_CRL(NULL, &d, len);
+    int n = sk_X509_CRL_num(p->crls);
+    int *blocks = c && d == data + len ? realloc(p->crl_block, (size_t)(n + 1) * sizeof *blocks) : NULL;
+    if (blocks && sk_X509_CRL_push(p->crls, c) > 0) {
+      p->crl_block = blocks;
+      blocks[n] = block;
+      return 0;
+    }
+    if (blocks) p->crl_block = blocks;
+    X509_CRL_free(c);
+    fprintf(stderr, "sealctl: %s: block %d: not a valid CRL\n", path, block);
+    return 1;
+  }
+  if (strcmp(name, PEM_STRING_X509) == 0 || strcmp(name, PEM_STRING_X509_OLD) == 0) {
+    X509 *x = d2i_X509(NULL, &d, len);
+    if (x && d == data + len && sk_X509_push(p->certs, x) > 0) return 0;
+    X509_free(x);
+    fprintf(stderr, "sealctl: %s: block %d: not a PEM certificate (bad DER)\n", path, block);
+    return 1;
+  }
+  fprintf(stderr, "sealctl: %s: block %d: not a PEM certificate%s (%s)\n", path, block, p->crls ? " or CRL" : "",
+          name);
+  return 1;
+}
+
+/* Every PEM block of path, in order, into p (the caller's, also on
+ * failure: ctl_pem_free).  At least one certificate is required. */
+static int ctl_pem_read(const char *path, struct ctl_pem *p) {
   BIO *b = BIO_new_file(path, "r");
   if (!b) {
     fprintf(stderr, "sealctl: cannot read %s: %s\n", path, strerror(errno));
     ERR_clear_error();
     return 1;
   }
-  STACK_OF(X509) *sk = sk_X509_new_null();
-  X509 *x;
-  while (sk && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) sk_X509_push(sk, x);
+  if (!(p->certs = sk_X509_new_null())) exit(1);
+  int rc = 0, block = 1;
+  for (;; block++) {
+    char *name = NULL, *header = NULL;
+    unsigned char *data = NULL;
+    long len = 0;
+    if (!PEM_read_bio(b, &name, &header, &data, &len)) break;
+    rc = ctl_pem_block(p, path, block, name, data, len);
+    OPENSSL_free(name);
+    OPENSSL_free(header);
+    OPENSSL_free(data);
+    if (rc) break;
+  }
   /* The loop ends at the end of the file (no start line) or at a bad block. */
   unsigned long e = ERR_peek_last_error();
   bool eof = ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE;
   BIO_free(b);
-  int n = sk_X509_num(sk);
-  if (!eof || n <= 0) {
+  if (rc == 0 && (!eof || sk_X509_num(p->certs) == 0)) {
     const char *why = ERR_reason_error_string(e);
-    fprintf(stderr, "sealctl: %s: block %d: not a PEM certificate (%s)\n", path, n + 1, why ? why : "no data");
-    sk_X509_pop_free(sk, X509_free);
-    ERR_clear_error();
-    return 1;
+    if (eof && block > 1) fprintf(stderr, "sealctl: %s: holds no certificate\n", path);
+    else fprintf(stderr, "sealctl: %s: block %d: not a PEM certificate (%s)\n", path, block, why ? why : "no data");
+    rc = 1;
   }
   ERR_clear_error();
-  *out = sk;
-  return 0;
+  return rc;
 }
 
 /* ---- describing a certificate ------------------------------------------------- */
@@ -151,8 +206,12 @@ static int ctl_pk_add(const struct ctl *c) {
   const char *name = c->argv[2], *path = c->argv[3];
   char err[512];
   if (keystore_name_check(name, err, sizeof err) != 0) return ctl_usage_error("pubkey add: %s", err);
-  STACK_OF(X509) *sk;
-  if ((rc = ctl_ks_read_pem(path, &sk)) != 0) return rc;
+  struct ctl_pem pem = {0};
+  if ((rc = ctl_pem_read(path, &pem)) != 0) {
+    ctl_pem_free(&pem);
+    return rc;
+  }
+  STACK_OF(X509) *sk = pem.certs;
   struct ctl_ks k;
   if (sk_X509_num(sk) != 1) {
     fprintf(stderr, "sealctl: %s holds %d certificates; pubkey add takes one (pubkey import takes many)\n",
@@ -169,7 +228,7 @@ static int ctl_pk_add(const struct ctl *c) {
     ctl_ks_close(&k, rc == 0);
     rc = rc ? 1 : 0;
   }
-  sk_X509_pop_free(sk, X509_free);
+  ctl_pem_free(&pem);
   return rc;
 }
 
@@ -337,37 +396,57 @@ int ctl_pubkey(const struct ctl *c) {
 
 /* ---- ca ----------------------------------------------------------------------- */
 
+/* Each CRL must come from a CA of the same file (the store's rule, asked
+ * here first so the error names the block).  A CRL past its nextUpdate is
+ * stored all the same, with a warning: verification decides what a stale
+ * CRL means. */
+static int ctl_ca_crls_check(const char *path, const struct ctl_pem *pem) {
+  char why[512];
+  for (int i = 0; i < sk_X509_CRL_num(pem->crls); i++) {
+    X509_CRL *crl = sk_X509_CRL_value(pem->crls, i);
+    if (keystore_ca_crl_check(pem->certs, crl, why, sizeof why) != 0) {
+      fprintf(stderr, "sealctl: %s: block %d: CRL %s\n", path, pem->crl_block[i], why);
+      return 1;
+    }
+    const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+    if (next && X509_cmp_current_time(next) < 0)
+      fprintf(stderr, "sealctl: warning: %s: block %d: the CRL is past its nextUpdate\n", path, pem->crl_block[i]);
+  }
+  return 0;
+}
+
 static int ctl_ca_import(const struct ctl *c) {
   int rc = ctl_ks_args(c, 2, "ca import NAME FILE.pem");
   if (rc) return rc;
   const char *name = c->argv[2], *path = c->argv[3];
   char err[512];
   if (keystore_name_check(name, err, sizeof err) != 0) return ctl_usage_error("ca import: %s", err);
-  STACK_OF(X509) *sk;
-  if ((rc = ctl_ks_read_pem(path, &sk)) != 0) return rc;
+  struct ctl_pem pem = {.crls = sk_X509_CRL_new_null()};
+  if (!pem.crls) return 1;
   struct ctl_ks k;
-  if ((rc = ctl_ks_open(c, true, &k)) == 0) {
-    rc = keystore_ca_import(k.ks, name, sk, NULL, err, sizeof err);
+  if ((rc = ctl_pem_read(path, &pem)) == 0 && (rc = ctl_ca_crls_check(path, &pem)) == 0 &&
+      (rc = ctl_ks_open(c, true, &k)) == 0) {
+    rc = keystore_ca_import(k.ks, name, pem.certs, pem.crls, err, sizeof err);
     if (rc) fprintf(stderr, "sealctl: ca import %s: %s: %s\n", name, path, err);
-    else printf("imported CA list '%s' (%d certificate(s))\n", name, sk_X509_num(sk));
+    else printf("imported CA list '%s' (%d certificate(s), %d CRL(s))\n", name, sk_X509_num(pem.certs),
+                sk_X509_CRL_num(pem.crls));
     ctl_ks_close(&k, rc == 0);
     rc = rc ? 1 : 0;
   }
-  sk_X509_pop_free(sk, X509_free);
+  ctl_pem_free(&pem);
   return rc;
 }
 
 static int ctl_ca_row(void *arg, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls) {
   struct ctl_pk_list *l = arg;
-  (void)crls; /* XXX(#5): shown with the CRL import */
   bool json = l->c->json;
-  int count = sk_X509_num(certs);
+  int count = sk_X509_num(certs), n_crls = sk_X509_CRL_num(crls);
   if (json) {
     printf("%s{\"name\":", l->n ? ",\n " : "");
     ctl_json_str(stdout, name);
-    printf(",\"count\":%d,\"subjects\":[", count);
+    printf(",\"count\":%d,\"crls\":%d,\"subjects\":[", count, n_crls);
   } else {
-    printf("%-24s %5d  ", name, count);
+    printf("%-24s %5d %5d  ", name, count, n_crls);
   }
   for (int i = 0; i < count; i++) {
     char subj[512];
@@ -390,7 +469,7 @@ static int ctl_ca_list(const struct ctl *c) {
   if (rc || (rc = ctl_ks_open(c, false, &k)) != 0) return rc;
   struct ctl_pk_list l = {c, 0};
   if (c->json) printf("[");
-  else printf("%-24s %5s  %s\n", "NAME", "COUNT", "SUBJECTS");
+  else printf("%-24s %5s %5s  %s\n", "NAME", "COUNT", "CRLS", "SUBJECTS");
   rc = keystore_ca_each(k.ks, ctl_ca_row, &l);
   if (c->json) printf("]\n");
   if (rc) fprintf(stderr, "sealctl: ca list: %s\n", sgerr_str(rc));
@@ -417,4 +496,201 @@ int ctl_ca(const struct ctl *c) {
   if (strcmp(c->argv[1], "list") == 0) return ctl_ca_list(c);
   if (strcmp(c->argv[1], "delete") == 0) return ctl_ca_delete(c);
   return ctl_usage_error("ca: unknown subcommand '%s'", c->argv[1]);
+}
+
+/* ---- harvested ---------------------------------------------------------------- */
+
+static void ctl_hv_caps(unsigned caps, char *out, size_t cap) {
+  static const struct {
+    unsigned bit;
+    const char *name;
+  } names[] = {{KEYSTORE_CAP_AES256_GCM, "aes256-gcm"}, {KEYSTORE_CAP_AES128_GCM, "aes128-gcm"},
+               {KEYSTORE_CAP_RSA_OAEP, "rsa-oaep"}};
+  size_t n = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if ((caps & names[i].bit) && n < cap) n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? "," : "", names[i].name);
+  if (!out[0]) snprintf(out, cap, "-");
+}
+
+static void ctl_hv_caps_json(unsigned caps) {
+  char text[64];
+  ctl_hv_caps(caps, text, sizeof text);
+  printf(",\"caps\":[");
+  for (char *save = NULL, *w = strcmp(text, "-") ? strtok_r(text, ",", &save) : NULL; w; w = strtok_r(NULL, ",", &save))
+    printf("%s\"%s\"", w == text ? "" : ",", w);
+  putchar(']');
+}
+
+/* The members list and show share after the certificate's own: status,
+ * caps, added, last use (null for a held candidate: never used). */
+static void ctl_hv_json_tail(const struct keystore_harvested *h) {
+  char added[32], used[32];
+  ctl_ks_iso(h->added, added, sizeof added);
+  ctl_ks_iso(h->last_used, used, sizeof used);
+  printf(",\"status\":\"%s\",\"held\":%s", h->held ? "held" : "active", h->held ? "true" : "false");
+  ctl_hv_caps_json(h->caps);
+  printf(",\"added\":\"%s\",\"last_used\":", added);
+  if (h->held) printf("null}");
+  else printf("\"%s\"}", used);
+}
+
+static int ctl_hv_row(void *arg, const struct keystore_harvested *h) {
+  struct ctl_pk_list *l = arg;
+  struct cert_info ci;
+  int rc = cert_info_get(h->cert, &ci);
+  if (rc) return rc;
+  char caps[64], added[32], used[32];
+  ctl_hv_caps(h->caps, caps, sizeof caps);
+  ctl_ks_iso(h->added, added, sizeof added);
+  ctl_ks_iso(h->last_used, used, sizeof used);
+  if (!l->c->json) {
+    printf("%-32s %-6s %-20s %-20s %-20s %-20s %-40s %s\n", h->key, h->held ? "held" : "active", ci.not_after, caps,
+           added, h->held ? "-" : used, ci.subject, ci.issuer);
+  } else {
+    printf("%s{\"name\":", l->n ? ",\n " : "");
+    ctl_json_str(stdout, h->key);
+    printf(",\"subject\":");
+    ctl_json_str(stdout, ci.subject);
+    printf(",\"issuer\":");
+    ctl_json_str(stdout, ci.issuer);
+    ctl_json_list("emails", ci.san_email, ci.n_san_email);
+    ctl_json_list("domains", ci.san_dns, ci.n_san_dns);
+    printf(",\"not_before\":\"%s\",\"not_after\":\"%s\",\"fingerprint\":\"%s\",\"uses\":\"%s\"", ci.not_before,
+           ci.not_after, ci.fingerprint, ctl_uses(ci.uses));
+    ctl_hv_json_tail(h);
+  }
+  l->n++;
+  cert_info_free(&ci);
+  return 0;
+}
+
+static int ctl_hv_list(const struct ctl *c) {
+  int rc = ctl_ks_args(c, 0, "harvested list");
+  struct ctl_ks k;
+  if (rc || (rc = ctl_ks_open(c, false, &k)) != 0) return rc;
+  struct ctl_pk_list l = {c, 0};
+  if (c->json) printf("[");
+  else printf("%-32s %-6s %-20s %-20s %-20s %-20s %-40s %s\n", "KEY", "STATUS", "NOT AFTER", "CAPS", "ADDED",
+              "LAST USED", "SUBJECT", "ISSUER");
+  rc = keystore_harvest_each(k.ks, ctl_hv_row, &l);
+  if (c->json) printf("]\n");
+  if (rc) fprintf(stderr, "sealctl: harvested list: %s\n", sgerr_str(rc));
+  ctl_ks_close(&k, false);
+  return rc ? 1 : 0;
+}
+
+/* One record of `harvested show`: the certificate as `pubkey show` prints
+ * it, then what the harvest knows. */
+static int ctl_hv_show_one(void *arg, const struct keystore_harvested *h) {
+  struct ctl_pk_list *l = arg;
+  struct cert_info ci;
+  int rc = cert_info_get(h->cert, &ci);
+  if (rc) return rc;
+  if (l->c->json) {
+    printf(l->n ? ",\n " : "["); /* an array only when there is a record: not found prints nothing */
+    ctl_cert_info_print(true, h->key, &ci);
+    ctl_hv_json_tail(h);
+  } else {
+    char caps[64], added[32], used[32];
+    ctl_hv_caps(h->caps, caps, sizeof caps);
+    ctl_ks_iso(h->added, added, sizeof added);
+    ctl_ks_iso(h->last_used, used, sizeof used);
+    if (l->n) putchar('\n');
+    ctl_cert_info_print(false, h->key, &ci);
+    if (h->held)
+      printf("status:       held (waiting for an administrator; never used for mail: sealctl harvested promote "
+             "%s NAME)\n", h->key);
+    else printf("status:       active (used to encrypt to %s when no public key was added for it)\n", h->key);
+    printf("caps:         %s\nadded:        %s\nlast used:    %s\n", caps, added, h->held ? "-" : used);
+  }
+  l->n++;
+  cert_info_free(&ci);
+  return 0;
+}
+
+static int ctl_hv_show(const struct ctl *c) {
+  int rc = ctl_ks_args(c, 1, "harvested show ADDRESS");
+  struct ctl_ks k;
+  if (rc || (rc = ctl_ks_open(c, false, &k)) != 0) return rc;
+  struct ctl_pk_list l = {c, 0};
+  rc = keystore_harvest_get(k.ks, c->argv[2], ctl_hv_show_one, &l);
+  if (c->json && l.n) printf("]\n");
+  if (rc == SG_ENOTFOUND) fprintf(stderr, "sealctl: no harvested key for '%s'\n", c->argv[2]);
+  else if (rc) fprintf(stderr, "sealctl: harvested show %s: %s\n", c->argv[2], sgerr_str(rc));
+  ctl_ks_close(&k, false);
+  return rc ? 1 : 0;
+}
+
+static int ctl_hv_held(void *arg, const struct keystore_harvested *h) {
+  if (h->held) *(bool *)arg = true;
+  return 0;
+}
+
+static int ctl_hv_promote(const struct ctl *c) {
+  int rc = ctl_ks_args(c, 2, "harvested promote ADDRESS NAME");
+  if (rc) return rc;
+  const char *key = c->argv[2], *name = c->argv[3];
+  char err[512];
+  if (keystore_name_check(name, err, sizeof err) != 0) return ctl_usage_error("harvested promote: %s", err);
+  struct ctl_ks k;
+  if ((rc = ctl_ks_open(c, true, &k)) != 0) return rc;
+  bool held = false;
+  keystore_harvest_get(k.ks, key, ctl_hv_held, &held); /* only for the message: promote decides */
+  rc = keystore_harvest_promote(k.ks, key, name, time(NULL), err, sizeof err);
+  if (rc) fprintf(stderr, "sealctl: harvested promote %s: %s\n", key, err);
+  else if (held)
+    printf("promoted the held key of %s to public key '%s'; it is now also the active harvested key\n", key, name);
+  else printf("copied the harvested key of %s to public key '%s'\n", key, name);
+  ctl_ks_close(&k, rc == 0);
+  return rc ? 1 : 0;
+}
+
+int ctl_harvested(const struct ctl *c) {
+  if (c->argc < 2) return ctl_usage_error("harvested needs a subcommand (list, show, promote)%s", "");
+  if (strcmp(c->argv[1], "list") == 0) return ctl_hv_list(c);
+  if (strcmp(c->argv[1], "show") == 0) return ctl_hv_show(c);
+  if (strcmp(c->argv[1], "promote") == 0) return ctl_hv_promote(c);
+  return ctl_usage_error("harvested: unknown subcommand '%s'", c->argv[1]);
+}
+
+/* ---- alerts list: the key store's alerts -------------------------------------- */
+
+struct ctl_alerts {
+  const struct ctl *c;
+  int n; /* rows printed so far, certificate alerts included */
+};
+
+static int ctl_alert_row(void *arg, time_t when, const char *key, const char *text) {
+  struct ctl_alerts *a = arg;
+  char iso[32];
+  ctl_ks_iso(when, iso, sizeof iso);
+  if (a->c->json) {
+    printf("%s{\"level\":\"warning\",\"kind\":\"harvest-update\",\"name\":", a->n ? ",\n " : "");
+    ctl_json_str(stdout, key);
+    printf(",\"time\":\"%s\",\"message\":", iso);
+    ctl_json_str(stdout, text);
+    putchar('}');
+  } else {
+    printf("%-9s %s harvested key %s: %s\n", "warning", iso, key, text);
+  }
+  a->n++;
+  return 0;
+}
+
+int ctl_harvest_alerts(const struct ctl *c, int n_before) {
+  struct config *cfg;
+  if (ctl_load(c, &cfg) != 0) return -1;
+  struct keystore *ks;
+  char err[512];
+  struct ctl_alerts a = {c, n_before};
+  int rc = keystore_open(cfg->key_store, false, &ks, err, sizeof err);
+  if (rc == 0) {
+    rc = keystore_alert_each(ks, ctl_alert_row, &a);
+    if (rc) snprintf(err, sizeof err, "%s: %s", cfg->key_store, sgerr_str(rc));
+    keystore_close(ks);
+  }
+  if (rc) fprintf(stderr, "sealctl: the key store's alerts cannot be listed: %s\n", err);
+  config_unref(cfg);
+  return rc ? -1 : a.n - n_before;
 }

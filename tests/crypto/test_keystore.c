@@ -1,9 +1,12 @@
-/* Unit tests for crypto/keystore.c (R13, R15, R16, R22): add, get, delete
- * and their index entries (checked in LMDB itself), the lookup rules
- * (e-mail case, domain, wildcard, validity, key usage, latest notBefore),
- * export/import round trip and all-or-nothing import, a 10,000-key
- * import against the time limit, concurrent readers beside a writer, and
- * CA lists.  Certificates are made here with OpenSSL; one EC issuer key
+/* Unit tests for crypto/keystore.c and keystore_harvest.c (R13, R15-R22):
+ * add, get, delete and their index entries (checked in LMDB itself), the
+ * lookup rules (e-mail case, domain, wildcard, validity, key usage, latest
+ * notBefore), export/import round trip and all-or-nothing import, a
+ * 10,000-key import against the time limit, concurrent readers beside a
+ * writer, CA lists with CRLs; harvested keys: the put outcomes (added,
+ * same, replaced, held, the 48-hour alert), lookups beside managed keys,
+ * caps, LRU eviction, promote, the generation counter and corrupt
+ * records.  Certificates are made here with OpenSSL; one EC issuer key
  * signs them all (the store never checks signatures: explicit trust). */
 #include <ftw.h>
 #include <lmdb.h>
@@ -619,6 +622,82 @@ static int ca_collect(void *arg, const char *name, STACK_OF(X509) *certs, STACK_
   return 0;
 }
 
+static X509_CRL *make_crl(X509 *issuer, EVP_PKEY *signer, long revoked_serial) {
+  X509_CRL *c = X509_CRL_new();
+  assert_non_null(c);
+  X509_CRL_set_version(c, 1);
+  X509_CRL_set_issuer_name(c, X509_get_subject_name(issuer));
+  ASN1_TIME *t = ASN1_TIME_adj(NULL, time(NULL), 0, 0), *next = ASN1_TIME_adj(NULL, time(NULL), 30, 0);
+  X509_CRL_set1_lastUpdate(c, t);
+  X509_CRL_set1_nextUpdate(c, next);
+  X509_REVOKED *r = X509_REVOKED_new();
+  ASN1_INTEGER *serial = ASN1_INTEGER_new();
+  ASN1_INTEGER_set(serial, revoked_serial);
+  X509_REVOKED_set_serialNumber(r, serial);
+  X509_REVOKED_set_revocationDate(r, t);
+  X509_CRL_add0_revoked(c, r);
+  X509_CRL_sort(c);
+  assert_true(X509_CRL_sign(c, signer, EVP_sha256()) > 0);
+  ASN1_INTEGER_free(serial);
+  ASN1_TIME_free(t);
+  ASN1_TIME_free(next);
+  return c;
+}
+
+struct crl_seen {
+  int lists, certs, crls;
+  STACK_OF(X509_CRL) *want;
+};
+
+static int crl_collect(void *arg, const char *name, STACK_OF(X509) *certs, STACK_OF(X509_CRL) *crls) {
+  struct crl_seen *s = arg;
+  assert_string_equal(name, "with-crls");
+  s->lists++;
+  s->certs = sk_X509_num(certs);
+  s->crls = sk_X509_CRL_num(crls);
+  for (int i = 0; i < s->crls && i < sk_X509_CRL_num(s->want); i++)
+    assert_int_equal(X509_CRL_cmp(sk_X509_CRL_value(crls, i), sk_X509_CRL_value(s->want, i)), 0);
+  return 0;
+}
+
+/* CRLs are kept with their list; one from a CA outside the list, or not
+ * signed by the CA it names, is refused with the reason. */
+static void test_ca_list_crls(void **state) {
+  struct fx *f = *state;
+  X509 *root = make((struct spec){.cn = "Root One", .ca = true}), *other = make((struct spec){.cn = "Root Two", .ca = true});
+  STACK_OF(X509) *certs = sk_X509_new_null();
+  STACK_OF(X509_CRL) *crls = sk_X509_CRL_new_null();
+  sk_X509_push(certs, root);
+  sk_X509_CRL_push(crls, make_crl(root, rsa_key, 42));
+  sk_X509_CRL_push(crls, make_crl(root, rsa_key, 43));
+  char err[512] = "";
+  if (keystore_ca_import(f->ks, "with-crls", certs, crls, err, sizeof err)) fail_msg("import: %s", err);
+  struct crl_seen seen = {.want = crls};
+  assert_int_equal(keystore_ca_each(f->ks, crl_collect, &seen), 0);
+  assert_int_equal(seen.lists, 1);
+  assert_int_equal(seen.certs, 1);
+  assert_int_equal(seen.crls, 2);
+  STACK_OF(X509_CRL) *bad = sk_X509_CRL_new_null();
+  sk_X509_CRL_push(bad, make_crl(other, rsa_key, 1)); /* issuer not in the list */
+  assert_int_equal(keystore_ca_import(f->ks, "foreign", certs, bad, err, sizeof err), SG_EINVAL);
+  print_message("refused: %s\n", err);
+  assert_non_null(strstr(err, "Root Two"));
+  assert_non_null(strstr(err, "no certificate of the list"));
+  sk_X509_CRL_pop_free(bad, X509_CRL_free);
+  bad = sk_X509_CRL_new_null();
+  sk_X509_CRL_push(bad, make_crl(root, ec_key, 1)); /* names Root One, another key signed it */
+  assert_int_equal(keystore_ca_import(f->ks, "forged", certs, bad, err, sizeof err), SG_EINVAL);
+  print_message("refused: %s\n", err);
+  assert_non_null(strstr(err, "does not verify"));
+  seen = (struct crl_seen){.want = crls};
+  assert_int_equal(keystore_ca_each(f->ks, crl_collect, &seen), 0);
+  assert_int_equal(seen.lists, 1); /* the refused lists were not stored */
+  sk_X509_CRL_pop_free(bad, X509_CRL_free);
+  sk_X509_CRL_pop_free(crls, X509_CRL_free);
+  sk_X509_pop_free(certs, X509_free);
+  X509_free(other);
+}
+
 static void test_ca_lists(void **state) {
   struct fx *f = *state;
   STACK_OF(X509) *sk = sk_X509_new_null(), *got = NULL;
@@ -647,6 +726,467 @@ static void test_ca_lists(void **state) {
   sk_X509_pop_free(sk, X509_free);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Harvested keys (R17-R21)                                                 */
+
+#define HOUR 3600L
+
+static const char *outcome_name(enum keystore_harvest_outcome o) {
+  static const char *names[] = {"added", "same", "replaced", "held", "alert"};
+  return (unsigned)o < 5 ? names[o] : "?";
+}
+
+/* keystore_harvest_put that must succeed; its outcome. */
+static enum keystore_harvest_outcome hput(struct keystore *ks, const char *key, X509 *x, unsigned caps, time_t now,
+                                          bool updated_keys) {
+  struct keystore_harvest_opts o = {updated_keys, 0};
+  enum keystore_harvest_outcome out = (enum keystore_harvest_outcome)-1;
+  char err[512] = "";
+  int rc = keystore_harvest_put(ks, key, x, caps, now, &o, &out, NULL, err, sizeof err);
+  if (rc) fail_msg("harvest put %s: %s", key, err);
+  return out;
+}
+
+static void expect_outcome(enum keystore_harvest_outcome got, enum keystore_harvest_outcome want) {
+  if (got != want) fail_msg("outcome %s, expected %s", outcome_name(got), outcome_name(want));
+}
+
+/* A harvestable certificate for san valid from `from` days to +30 days. */
+static X509 *hcert(const char *san, long from_days, long serial) {
+  return make((struct spec){.san = san, .ku = RSA_ENC, .from = from_days * DAY, .to = 30 * DAY, .serial = serial});
+}
+
+/* "key:active" / "key:held" for every record, joined by ','. */
+static int hcollect(void *arg, const struct keystore_harvested *h) {
+  char *s = arg;
+  strcat(s, s[0] ? "," : "");
+  strcat(s, h->key);
+  strcat(s, h->held ? ":held" : ":active");
+  return 0;
+}
+
+struct hrecs {
+  X509 *active, *held; /* up-referenced copies */
+  unsigned caps;
+  time_t last_used;
+};
+
+static int hget_one(void *arg, const struct keystore_harvested *h) {
+  struct hrecs *r = arg;
+  X509_up_ref(h->cert);
+  if (h->held) {
+    r->held = h->cert;
+  } else {
+    r->active = h->cert;
+    r->caps = h->caps;
+    r->last_used = h->last_used;
+  }
+  return 0;
+}
+
+static struct hrecs hget(struct keystore *ks, const char *key) {
+  struct hrecs r = {0};
+  int rc = keystore_harvest_get(ks, key, hget_one, &r);
+  if (rc && rc != SG_ENOTFOUND) fail_msg("harvest get %s: %s", key, sgerr_str(rc));
+  return r;
+}
+
+static void hrecs_free(struct hrecs *r) {
+  X509_free(r->active);
+  X509_free(r->held);
+}
+
+static unsigned long generation(struct keystore *ks) {
+  unsigned long g = 99;
+  assert_int_equal(keystore_generation(ks, &g), 0);
+  return g;
+}
+
+static void test_harvest_added_then_same(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *a = hcert("email:alice@h.example", -1, 1);
+  expect_outcome(hput(f->ks, "Alice@H.example", a, 0, t, false), KEYSTORE_HARVEST_ADDED);
+  expect_found(f->ks, "alice@h.example", a);
+  unsigned long g = generation(f->ks);
+  expect_outcome(hput(f->ks, "alice@h.example", a, 0, t + 60, false), KEYSTORE_HARVEST_SAME);
+  assert_int_equal(generation(f->ks), g); /* nothing an answer depends on changed */
+  struct hrecs r = hget(f->ks, "alice@h.example");
+  assert_true(same_cert(r.active, a));
+  assert_null(r.held);
+  assert_int_equal(r.last_used, t); /* within the hour: not rewritten */
+  hrecs_free(&r);
+  expect_outcome(hput(f->ks, "alice@h.example", a, 0, t + 2 * HOUR, false), KEYSTORE_HARVEST_SAME);
+  r = hget(f->ks, "alice@h.example");
+  assert_int_equal(r.last_used, t + 2 * HOUR);
+  hrecs_free(&r);
+  X509_free(a);
+}
+
+static void test_harvest_replaced_by_newer(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *old = hcert("email:bob@h.example", -3, 1), *newer = hcert("email:bob@h.example", -1, 2);
+  expect_outcome(hput(f->ks, "bob@h.example", old, 0, t, true), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "bob@h.example", newer, 0, t + HOUR, true), KEYSTORE_HARVEST_REPLACED);
+  expect_found(f->ks, "bob@h.example", newer);
+  struct hrecs r = hget(f->ks, "bob@h.example");
+  assert_true(same_cert(r.active, newer));
+  assert_null(r.held);
+  hrecs_free(&r);
+  X509_free(old);
+  X509_free(newer);
+}
+
+/* Without updated_keys a newer certificate waits for an administrator. */
+static void test_harvest_held_without_updated_keys(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *old = hcert("email:carol@h.example", -3, 1), *newer = hcert("email:carol@h.example", -1, 2);
+  expect_outcome(hput(f->ks, "carol@h.example", old, 0, t, false), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "carol@h.example", newer, 0, t + HOUR, false), KEYSTORE_HARVEST_HELD);
+  expect_found(f->ks, "carol@h.example", old);
+  struct hrecs r = hget(f->ks, "carol@h.example");
+  assert_true(same_cert(r.active, old));
+  assert_true(same_cert(r.held, newer));
+  hrecs_free(&r);
+  char list[256] = "";
+  assert_int_equal(keystore_harvest_each(f->ks, hcollect, list), 0);
+  assert_string_equal(list, "carol@h.example:active,carol@h.example:held");
+  X509_free(old);
+  X509_free(newer);
+}
+
+/* Key substitution: a certificate that is not newer never replaces. */
+static void test_harvest_held_when_not_newer(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *cur = hcert("email:dave@h.example", -1, 1), *older = hcert("email:dave@h.example", -3, 2);
+  expect_outcome(hput(f->ks, "dave@h.example", cur, 0, t, true), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "dave@h.example", older, 0, t + 1, true), KEYSTORE_HARVEST_HELD);
+  /* The same notBefore is not newer either; the later hold replaces the earlier. */
+  X509 *same_nb = X509_dup(cur);
+  ASN1_INTEGER_set(X509_get_serialNumber(same_nb), 3);
+  assert_true(X509_sign(same_nb, issuer_key, EVP_sha256()) > 0);
+  expect_outcome(hput(f->ks, "dave@h.example", same_nb, 0, t + 2, true), KEYSTORE_HARVEST_HELD);
+  expect_found(f->ks, "dave@h.example", cur);
+  struct hrecs r = hget(f->ks, "dave@h.example");
+  assert_true(same_cert(r.held, same_nb));
+  hrecs_free(&r);
+  X509_free(cur);
+  X509_free(older);
+  X509_free(same_nb);
+}
+
+struct alerts_seen {
+  int n;
+  time_t when;
+  char key[128], text[1500];
+};
+
+static int alert_collect(void *arg, time_t when, const char *key, const char *text) {
+  struct alerts_seen *a = arg;
+  a->n++;
+  a->when = when;
+  snprintf(a->key, sizeof a->key, "%s", key);
+  snprintf(a->text, sizeof a->text, "%s", text);
+  return 0;
+}
+
+/* R19: a second updated key within 48 hours is held and alerted, once. */
+static void test_harvest_alert_within_48h(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL) - 10 * HOUR;
+  X509 *a = hcert("email:erin@h.example", -5, 1), *b = hcert("email:erin@h.example", -3, 2);
+  X509 *c = hcert("email:erin@h.example", -1, 3);
+  expect_outcome(hput(f->ks, "erin@h.example", a, 0, t, true), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "erin@h.example", b, 0, t + HOUR, true), KEYSTORE_HARVEST_REPLACED);
+  expect_outcome(hput(f->ks, "erin@h.example", c, 0, t + 47 * HOUR, true), KEYSTORE_HARVEST_ALERT);
+  expect_found(f->ks, "erin@h.example", b);
+  struct alerts_seen seen = {0};
+  assert_int_equal(keystore_alert_each(f->ks, alert_collect, &seen), 0);
+  assert_int_equal(seen.n, 1);
+  assert_int_equal(seen.when, t + 47 * HOUR);
+  assert_string_equal(seen.key, "erin@h.example");
+  print_message("alert: %s\n", seen.text);
+  assert_non_null(strstr(seen.text, "48 hours"));
+  /* The held certificate again: still held, no alert per message. */
+  expect_outcome(hput(f->ks, "erin@h.example", c, 0, t + 47 * HOUR + 60, true), KEYSTORE_HARVEST_HELD);
+  seen = (struct alerts_seen){0};
+  assert_int_equal(keystore_alert_each(f->ks, alert_collect, &seen), 0);
+  assert_int_equal(seen.n, 1);
+  X509_free(a);
+  X509_free(b);
+  X509_free(c);
+}
+
+static void test_harvest_no_alert_after_48h(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL) - 60 * HOUR;
+  X509 *a = hcert("email:fay@h.example", -5, 1), *b = hcert("email:fay@h.example", -3, 2);
+  X509 *c = hcert("email:fay@h.example", -1, 3);
+  expect_outcome(hput(f->ks, "fay@h.example", a, 0, t, true), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "fay@h.example", b, 0, t + HOUR, true), KEYSTORE_HARVEST_REPLACED);
+  expect_outcome(hput(f->ks, "fay@h.example", c, 0, t + 49 * HOUR, true), KEYSTORE_HARVEST_REPLACED);
+  expect_found(f->ks, "fay@h.example", c);
+  struct alerts_seen seen = {0};
+  assert_int_equal(keystore_alert_each(f->ks, alert_collect, &seen), 0);
+  assert_int_equal(seen.n, 0);
+  X509_free(a);
+  X509_free(b);
+  X509_free(c);
+}
+
+/* A held certificate is never an answer, even when the active one is not
+ * usable any more. */
+static void test_harvest_held_never_returned(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *dying = make((struct spec){.san = "email:gus@h.example", .ku = RSA_ENC, .from = -3 * DAY, .to = 2 * HOUR});
+  X509 *fresh = hcert("email:gus@h.example", -1, 2);
+  expect_outcome(hput(f->ks, "gus@h.example", dying, 0, t, false), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "gus@h.example", fresh, 0, t, false), KEYSTORE_HARVEST_HELD);
+  X509 *x = NULL;
+  assert_int_equal(keystore_lookup(f->ks, "gus@h.example", t + 3 * HOUR, &x, NULL), SG_ENOTFOUND);
+  assert_null(x);
+  X509_free(dying);
+  X509_free(fresh);
+}
+
+static void test_harvest_managed_beats_harvested(void **state) {
+  struct fx *f = *state;
+  X509 *managed = hcert("email:hal@h.example", -5, 1), *harvested = hcert("email:hal@h.example", -1, 2);
+  add_ok(f->ks, "hal", managed);
+  expect_outcome(hput(f->ks, "hal@h.example", harvested, KEYSTORE_CAP_AES256_GCM, time(NULL), false),
+                 KEYSTORE_HARVEST_ADDED);
+  X509 *x = NULL;
+  unsigned caps = 99;
+  assert_int_equal(keystore_lookup(f->ks, "hal@h.example", time(NULL), &x, &caps), 0);
+  assert_true(same_cert(x, managed)); /* although the harvested one is newer */
+  assert_int_equal(caps, 0);
+  X509_free(x);
+  X509_free(managed);
+  X509_free(harvested);
+}
+
+static void test_harvest_email_tier_beats_domain(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *dom = hcert("DNS:tier.example", -1, 1), *ivy = hcert("email:ivy@tier.example", -2, 2);
+  expect_outcome(hput(f->ks, "tier.example", dom, 0, t, false), KEYSTORE_HARVEST_ADDED);
+  expect_outcome(hput(f->ks, "ivy@tier.example", ivy, 0, t, false), KEYSTORE_HARVEST_ADDED);
+  expect_found(f->ks, "ivy@tier.example", ivy);
+  expect_found(f->ks, "Ivy@TIER.example", ivy);
+  expect_found(f->ks, "jim@tier.example", dom);
+  expect_none(f->ks, "jim@sub.tier.example"); /* harvested domain keys match exactly */
+  /* A managed domain key does not hide the harvested address key. */
+  X509 *mdom = hcert("DNS:tier.example", -1, 3);
+  add_ok(f->ks, "tier", mdom);
+  expect_found(f->ks, "ivy@tier.example", ivy);
+  expect_found(f->ks, "jim@tier.example", mdom);
+  X509_free(dom);
+  X509_free(ivy);
+  X509_free(mdom);
+}
+
+static void test_harvest_caps_round_trip(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *x = hcert("email:kim@h.example", -1, 1), *got = NULL;
+  unsigned want = KEYSTORE_CAP_AES256_GCM | KEYSTORE_CAP_RSA_OAEP, caps = 0;
+  hput(f->ks, "kim@h.example", x, want | KEYSTORE_CAP_HARVESTED, t, false); /* the marker bit is not stored */
+  assert_int_equal(keystore_lookup_tier(f->ks, KEYSTORE_TIER_EMAIL, "kim@h.example", t, &got, &caps), 0);
+  assert_true(same_cert(got, x));
+  assert_int_equal(caps, want | KEYSTORE_CAP_HARVESTED);
+  X509_free(got);
+  struct hrecs r = hget(f->ks, "kim@h.example");
+  assert_int_equal(r.caps, want);
+  hrecs_free(&r);
+  /* New caps with the same certificate: stored at once, and an answer changed. */
+  unsigned long g = generation(f->ks);
+  expect_outcome(hput(f->ks, "kim@h.example", x, KEYSTORE_CAP_AES128_GCM, t + 1, false), KEYSTORE_HARVEST_SAME);
+  assert_true(generation(f->ks) > g);
+  assert_int_equal(keystore_lookup_tier(f->ks, KEYSTORE_TIER_EMAIL, "kim@h.example", t, &got, &caps), 0);
+  assert_int_equal(caps, KEYSTORE_CAP_AES128_GCM | KEYSTORE_CAP_HARVESTED);
+  X509_free(got);
+  X509_free(x);
+}
+
+/* R20: over max_bytes, the least recently used keys go first; a touch
+ * moves a key to the back of the line. */
+static void test_harvest_eviction_lru(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *c[6];
+  char key[6][32], san[48];
+  size_t sizes = 0;
+  for (int i = 0; i < 6; i++) {
+    snprintf(key[i], sizeof key[i], "u%d@lru.example", i);
+    snprintf(san, sizeof san, "email:%s", key[i]);
+    c[i] = make((struct spec){.key = ec_key, .san = san, .ku = EC_ENC, .serial = i + 1});
+    if (i < 5) sizes += strlen(key[i]) + 41 + (size_t)i2d_X509(c[i], NULL); /* key + record (keystore_harvest.c) */
+  }
+  struct keystore_harvest_opts o = {false, sizes + 8}; /* five fit, six do not */
+  enum keystore_harvest_outcome out;
+  size_t evicted = 99;
+  char err[256] = "";
+  for (int i = 0; i < 5; i++) {
+    if (keystore_harvest_put(f->ks, key[i], c[i], 0, t + i, &o, &out, &evicted, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(evicted, 0);
+  }
+  char *touched[] = {key[0]};
+  assert_int_equal(keystore_harvest_touch(f->ks, touched, 1, t + 10), 0);
+  if (keystore_harvest_put(f->ks, key[5], c[5], 0, t + 11, &o, &out, &evicted, err, sizeof err)) fail_msg("%s", err);
+  expect_outcome(out, KEYSTORE_HARVEST_ADDED);
+  assert_int_equal(evicted, 2); /* down to 90 %: four of the five sizes */
+  char list[512] = "";
+  assert_int_equal(keystore_harvest_each(f->ks, hcollect, list), 0);
+  assert_string_equal(list, "u0@lru.example:active,u3@lru.example:active,u4@lru.example:active,"
+                            "u5@lru.example:active");
+  expect_none(f->ks, "u1@lru.example");
+  expect_found(f->ks, "u0@lru.example", c[0]);
+  for (int i = 0; i < 6; i++) X509_free(c[i]);
+}
+
+/* R21: the held certificate becomes a managed key and the active one. */
+static void test_harvest_promote_held(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *old = hcert("email:lee@h.example", -3, 1), *newer = hcert("email:lee@h.example", -1, 2);
+  hput(f->ks, "lee@h.example", old, KEYSTORE_CAP_AES256_GCM, t, false);
+  expect_outcome(hput(f->ks, "lee@h.example", newer, 0, t, false), KEYSTORE_HARVEST_HELD);
+  char err[256] = "";
+  if (keystore_harvest_promote(f->ks, "LEE@h.example", "lee", t + 5, err, sizeof err)) fail_msg("promote: %s", err);
+  X509 *x = NULL;
+  assert_int_equal(keystore_pubkey_get(f->ks, "lee", &x, NULL), 0);
+  assert_true(same_cert(x, newer));
+  X509_free(x);
+  struct hrecs r = hget(f->ks, "lee@h.example");
+  assert_true(same_cert(r.active, newer));
+  assert_null(r.held); /* the hold is cleared */
+  assert_int_equal(r.last_used, t + 5);
+  hrecs_free(&r);
+  unsigned caps = 99;
+  assert_int_equal(keystore_lookup(f->ks, "lee@h.example", time(NULL), &x, &caps), 0);
+  assert_true(same_cert(x, newer));
+  assert_int_equal(caps, 0); /* answered by the managed key now */
+  X509_free(x);
+  X509_free(old);
+  X509_free(newer);
+}
+
+static void test_harvest_promote_refusals(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *a = hcert("email:max@h.example", -3, 1), *b = hcert("email:max@h.example", -1, 2);
+  add_ok(f->ks, "taken", a);
+  hput(f->ks, "max@h.example", a, 0, t, false);
+  hput(f->ks, "max@h.example", b, 0, t, false);
+  char err[256] = "";
+  assert_int_equal(keystore_harvest_promote(f->ks, "max@h.example", "taken", t, err, sizeof err), SG_EEXIST);
+  assert_non_null(strstr(err, "taken"));
+  struct hrecs r = hget(f->ks, "max@h.example");
+  assert_true(same_cert(r.active, a)); /* nothing changed */
+  assert_true(same_cert(r.held, b));
+  hrecs_free(&r);
+  assert_int_equal(keystore_harvest_promote(f->ks, "nobody@h.example", "n", t, err, sizeof err), SG_ENOTFOUND);
+  assert_int_equal(keystore_harvest_promote(f->ks, "max@h.example", "bad name", t, err, sizeof err), SG_EINVAL);
+  X509_free(a);
+  X509_free(b);
+}
+
+static void test_harvest_refuses_foreign_certificate(void **state) {
+  struct fx *f = *state;
+  X509 *x = hcert("email:ned@h.example", -1, 1);
+  struct keystore_harvest_opts o = {false, 0};
+  enum keystore_harvest_outcome out;
+  char err[256] = "";
+  assert_int_equal(keystore_harvest_put(f->ks, "other@h.example", x, 0, time(NULL), &o, &out, NULL, err, sizeof err),
+                   SG_EINVAL);
+  print_message("refused: %s\n", err);
+  assert_non_null(strstr(err, "other@h.example"));
+  expect_none(f->ks, "other@h.example");
+  X509_free(x);
+}
+
+/* Every write that can change an answer moves the generation; use times
+ * and failed writes do not. */
+static void test_generation_counts_writes(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  assert_int_equal(generation(f->ks), 0);
+  X509 *x = hcert("email:olga@h.example", -1, 1), *y = hcert("email:olga@h.example", -2, 2);
+  add_ok(f->ks, "olga", x);
+  assert_int_equal(generation(f->ks), 1);
+  char err[256];
+  assert_int_equal(keystore_pubkey_add(f->ks, "olga", x, err, sizeof err), SG_EEXIST);
+  assert_int_equal(generation(f->ks), 1);
+  hput(f->ks, "olga@h.example", y, 0, t, false);
+  assert_int_equal(generation(f->ks), 2);
+  char *keys[] = {"olga@h.example"};
+  assert_int_equal(keystore_harvest_touch(f->ks, keys, 1, t + HOUR), 0);
+  assert_int_equal(generation(f->ks), 2);
+  struct hrecs r = hget(f->ks, "olga@h.example");
+  assert_int_equal(r.last_used, t + HOUR); /* the touch did write */
+  hrecs_free(&r);
+  STACK_OF(X509) *sk = sk_X509_new_null();
+  sk_X509_push(sk, make((struct spec){.cn = "Gen Root", .ca = true}));
+  assert_int_equal(keystore_ca_import(f->ks, "gen", sk, NULL, err, sizeof err), 0);
+  assert_int_equal(generation(f->ks), 3);
+  assert_int_equal(keystore_ca_delete(f->ks, "gen"), 0);
+  assert_int_equal(keystore_pubkey_delete(f->ks, "olga"), 0);
+  assert_int_equal(generation(f->ks), 5);
+  sk_X509_pop_free(sk, X509_free);
+  X509_free(x);
+  X509_free(y);
+}
+
+/* Overwrite the value of key in db with bytes, through LMDB itself (the
+ * store is closed meanwhile: one environment per process). */
+static void raw_put(struct fx *f, const char *db, const char *key, const void *bytes, size_t len) {
+  keystore_close(f->ks);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 16);
+  assert_int_equal(mdb_env_open(env, f->dir, MDB_NOTLS, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+  MDB_val k = {strlen(key), (void *)key}, v = {len, (void *)bytes};
+  assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+  char err[256] = "";
+  if (keystore_open(f->dir, true, &f->ks, err, sizeof err)) fail_msg("reopen: %s", err);
+}
+
+static void test_harvest_corrupt_record_not_found(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *x = hcert("email:pat@h.example", -1, 1);
+  hput(f->ks, "pat@h.example", x, 0, t, false);
+  static const unsigned char bad[][50] = {
+      {1, 0, 0, 0, 0},                                   /* too short */
+      {9, [41] = 0x30},                                  /* unknown version */
+      {1, [37] = 0, 0, 0, 200, [41] = 0x30, 0x82},       /* DER length beyond the value */
+      {1, [37] = 0, 0, 0, 9, [41] = 0x30, 7, 1, 2, 3},  /* not a certificate */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    raw_put(f, "harvested", "pat@h.example", bad[i], i == 0 ? 5 : 50);
+    expect_none(f->ks, "pat@h.example");
+    struct hrecs r = hget(f->ks, "pat@h.example");
+    assert_null(r.active);
+    char list[128] = "";
+    assert_int_equal(keystore_harvest_each(f->ks, hcollect, list), 0);
+    assert_string_equal(list, "");
+  }
+  /* The next put of the key stores a good record over the bad one. */
+  expect_outcome(hput(f->ks, "pat@h.example", x, 0, t + 1, false), KEYSTORE_HARVEST_ADDED);
+  expect_found(f->ks, "pat@h.example", x);
+  X509_free(x);
+}
+
 int main(void) {
   if (!mkdtemp(tmpdir)) return 1;
   rsa_key = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
@@ -669,6 +1209,23 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_concurrent_readers_and_writer, fx_setup, fx_teardown),
       cmocka_unit_test(test_open_read_only),
       cmocka_unit_test_setup_teardown(test_ca_lists, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_ca_list_crls, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_added_then_same, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_replaced_by_newer, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_held_without_updated_keys, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_held_when_not_newer, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_alert_within_48h, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_no_alert_after_48h, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_held_never_returned, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_managed_beats_harvested, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_email_tier_beats_domain, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_caps_round_trip, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_eviction_lru, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_promote_held, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_promote_refusals, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_refuses_foreign_certificate, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_generation_counts_writes, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_corrupt_record_not_found, fx_setup, fx_teardown),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   EVP_PKEY_free(rsa_key);

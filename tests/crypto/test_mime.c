@@ -579,6 +579,92 @@ static void test_from_too_long_for_buffer(void **state) {
   assert_string_equal(buf, "");
 }
 
+/* ------------------------------------------------------------------------ */
+/* The incoming side: reading without changing a byte                       */
+
+static void test_split_raw_keeps_8bit_body(void **state) {
+  (void)state;
+  const char msg[] = "From: <a@b.example>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Transfer-Encoding: 8bit\r\nSubject: x\r\n\r\nGr\xc3\xbc\xc3\x9f" "e\nbare LF\r\n";
+  struct mime_split s;
+  assert_int_equal(mime_split_raw(msg, sizeof msg - 1, &s), 0);
+  const char *body = strstr(msg, "\r\n\r\n") + 4;
+  assert_true(s.entity_len >= strlen(body));
+  assert_memory_equal(s.entity + s.entity_len - strlen(body), body, strlen(body));
+  assert_non_null(strstr(s.outer, "Subject: x\r\n"));
+  assert_null(strstr(s.outer, "Content-Type"));
+  mime_split_free(&s);
+}
+
+static void test_entity_info_params(void **state) {
+  (void)state;
+  const char e[] = "Content-Type: multipart/signed;\r\n protocol=\"application/x-pkcs7-signature\";\r\n"
+                   "\tmicalg=sha-256; boundary=\"----=_Part 1\"\r\nContent-Transfer-Encoding: 7BIT\r\n\r\nbody";
+  struct mime_entity_info mi;
+  assert_int_equal(mime_entity_info(e, sizeof e - 1, &mi), 0);
+  assert_string_equal(mi.type, "multipart/signed");
+  assert_string_equal(mi.protocol, "application/x-pkcs7-signature");
+  assert_string_equal(mi.boundary, "----=_Part 1");
+  assert_string_equal(mi.cte, "7bit");
+  assert_string_equal(e + mi.body_off, "body");
+  const char p7[] = "Content-Type: Application/PKCS7-MIME; smime-type=Enveloped-Data; name=smime.p7m\r\n\r\nx";
+  assert_int_equal(mime_entity_info(p7, sizeof p7 - 1, &mi), 0);
+  assert_string_equal(mi.type, "application/pkcs7-mime");
+  assert_string_equal(mi.smime_type, "enveloped-data");
+  assert_string_equal(mi.name, "smime.p7m");
+  assert_int_equal(mime_entity_info("no header at all", 16, &mi), 0);
+  assert_string_equal(mi.type, "text/plain");
+}
+
+static void test_multipart_parts_ranges(void **state) {
+  (void)state;
+  const char b[] = "preamble\r\n--XX\r\nContent-Type: text/plain\r\n\r\none\r\n--XX  \r\n"
+                   "second\r\n\r\n--XX--\r\nepilogue\r\n";
+  struct mime_range r[3];
+  size_t n;
+  assert_int_equal(mime_multipart_parts(b, sizeof b - 1, "XX", r, 3, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(r[0].len, strlen("Content-Type: text/plain\r\n\r\none"));
+  assert_memory_equal(b + r[0].off, "Content-Type: text/plain\r\n\r\none", r[0].len);
+  assert_int_equal(r[1].len, strlen("second\r\n"));
+  assert_memory_equal(b + r[1].off, "second\r\n", r[1].len);
+}
+
+static void test_multipart_parts_truncated_and_limits(void **state) {
+  (void)state;
+  struct mime_range r[2];
+  size_t n;
+  const char cut[] = "--XX\r\none\r\n--XX\r\ntwo";
+  assert_int_equal(mime_multipart_parts(cut, sizeof cut - 1, "XX", r, 2, &n), SG_EINVAL);
+  const char three[] = "--XX\r\n1\r\n--XX\r\n2\r\n--XX\r\n3\r\n--XX--\r\n";
+  assert_int_equal(mime_multipart_parts(three, sizeof three - 1, "XX", r, 2, &n), SG_ELIMIT);
+  const char other[] = "--XXY\r\n1\r\n--XXY--\r\n";
+  assert_int_equal(mime_multipart_parts(other, sizeof other - 1, "XX", r, 2, &n), SG_EINVAL);
+}
+
+static void test_base64_decode_lines(void **state) {
+  (void)state;
+  struct buf b = BUF_INIT;
+  const char in[] = "aGVsbG8g\r\nd29ybGQ=\r\n";
+  assert_int_equal(mime_base64_decode(in, sizeof in - 1, &b), 0);
+  assert_int_equal(b.len, 11);
+  assert_memory_equal(b.data, "hello world", 11);
+  buf_free(&b);
+  assert_int_equal(mime_base64_decode("!!notbase64**", 13, &b), SG_EINVAL);
+  buf_free(&b);
+}
+
+static void test_crlf_only_when_needed(void **state) {
+  (void)state;
+  struct buf b = BUF_INIT;
+  assert_int_equal(mime_crlf("a\r\nb\r\n", 6, &b), 1);
+  assert_int_equal(b.len, 0);
+  assert_int_equal(mime_crlf("a\nb\r\n", 5, &b), 0);
+  assert_int_equal(b.len, 6);
+  assert_memory_equal(b.data, "a\r\nb\r\n", 6);
+  buf_free(&b);
+}
+
 int main(void) {
   mime_init();
   const struct CMUnitTest tests[] = {
@@ -612,6 +698,12 @@ int main(void) {
       cmocka_unit_test(test_from_folded),
       cmocka_unit_test(test_from_missing),
       cmocka_unit_test(test_from_too_long_for_buffer),
+      cmocka_unit_test(test_split_raw_keeps_8bit_body),
+      cmocka_unit_test(test_entity_info_params),
+      cmocka_unit_test(test_multipart_parts_ranges),
+      cmocka_unit_test(test_multipart_parts_truncated_and_limits),
+      cmocka_unit_test(test_base64_decode_lines),
+      cmocka_unit_test(test_crlf_only_when_needed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

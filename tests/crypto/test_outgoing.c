@@ -119,7 +119,7 @@ static void run(enum config_mode mode, const struct outgoing_signer *s, char *co
                 bool plain, struct hsm_worker *worker, struct outgoing_result *res) {
   static struct config_sending_profile p;
   p = (struct config_sending_profile){.name = "p", .mode = mode, .signing_certificate = "org"};
-  struct outgoing_request rq = {&p, s, ks, plain, MSG, sizeof MSG - 1, NULL, rcpts, n, time(NULL)};
+  struct outgoing_request rq = {&p, s, ks, NULL, plain, MSG, sizeof MSG - 1, NULL, rcpts, n, time(NULL)};
   outgoing_process(worker, &rq, res);
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Others' public keys and CA lists: `sealctl pubkey ...` and `sealctl ca ...`
-(R13, R15, R16, R22; issue #4).
+"""Others' public keys, harvested keys and CA lists: `sealctl pubkey ...`,
+`sealctl harvested ...`, `sealctl ca ...` and the key store's alerts in
+`sealctl alerts list` (R13, R15-R22; issues #4, #5).
 
 Certificates are made by the openssl command line.  The 10,000-key
 import uses a file this test writes itself: one template certificate made
@@ -10,6 +11,11 @@ openssl prints), so the test needs nothing beyond Debian's python3 and
 every certificate in the file is real (a sample is checked with
 `openssl verify`).  Bad input must fail with exit 1 and a message naming
 the file, and must leave the store as it was.
+
+Harvesting happens in the daemon from signed mail; here the store is
+seeded by `harvest_put` (tests/crypto/harvest_put.c, built beside the unit
+tests), which files a certificate exactly as the daemon does.  Certificates
+with chosen notBefore dates and real CRLs come from a small `openssl ca`.
 
 Run: SEALGATE_BIN=build/bin python3 tests/integration/test_pubkey.py [NAME...]
 """
@@ -260,6 +266,179 @@ def test_ca_import_list_delete():
         fails(gw, "ca", code=2)
 
 
+# ---------------------------------------------------------------- harvested
+
+class MiniCA:
+    """A CA made with `openssl ca`: issues leaves with a chosen notBefore
+    and writes real CRLs.  subject defaults to /CN=name."""
+
+    def __init__(self, tmp, name, subject=None):
+        self.dir = os.path.join(tmp, "ca-" + name)
+        os.makedirs(os.path.join(self.dir, "certs"))
+        open(os.path.join(self.dir, "index.txt"), "w").close()
+        for f in ("serial", "crlnumber"):
+            with open(os.path.join(self.dir, f), "w") as fh:
+                fh.write("01\n")
+        self.cnf, self.crt = os.path.join(self.dir, "ca.cnf"), os.path.join(self.dir, "ca.crt")
+        with open(self.cnf, "w") as f:
+            f.write("[ca]\ndefault_ca = CA\n[CA]\ndir = %s\ndatabase = $dir/index.txt\n"
+                    "new_certs_dir = $dir/certs\nserial = $dir/serial\ncrlnumber = $dir/crlnumber\n"
+                    "certificate = $dir/ca.crt\nprivate_key = $dir/ca.key\ndefault_md = sha256\n"
+                    "default_days = 30\ndefault_crl_days = 30\npolicy = pol\nunique_subject = no\n"
+                    "[pol]\ncommonName = supplied\n" % self.dir)
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", os.path.join(self.dir, "ca.key"),
+            "-out", self.crt, "-subj", subject or "/CN=" + name, "-days", "30", "-config", "/dev/null",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def issue(self, cn, san, not_before):
+        """A leaf for san (encryption key usage) valid from not_before
+        (YYYYMMDDHHMMSSZ) to 30 days from now."""
+        key, csr, ext = (os.path.join(self.dir, cn + s) for s in (".key", ".csr", ".ext"))
+        crt = os.path.join(self.dir, cn + ".crt")
+        run("openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=" + cn,
+            "-config", "/dev/null")
+        with open(ext, "w") as f:
+            f.write("keyUsage=critical,digitalSignature,keyEncipherment\nsubjectAltName=%s\n" % san)
+        end = time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() + 30 * 86400))
+        run("openssl", "ca", "-batch", "-config", self.cnf, "-in", csr, "-out", crt, "-startdate", not_before,
+            "-enddate", end, "-extfile", ext, "-notext")
+        return crt
+
+    def crl(self):
+        path = os.path.join(self.dir, "crl%d.pem" % time.monotonic_ns())
+        run("openssl", "ca", "-batch", "-config", self.cnf, "-gencrl", "-out", path)
+        return path
+
+
+def fingerprint(crt):
+    return run("openssl", "x509", "-in", crt, "-noout", "-fingerprint", "-sha256").stdout.split("=", 1)[1].strip()
+
+
+def harvest_put(gw, key, crt, *opts):
+    """File crt as the harvested key `key` of gw's store; the outcome word."""
+    exe = os.environ.get("SEALGATE_HARVEST_PUT") or os.path.join(os.path.dirname(sgtest.BIN_DIR), "tests",
+                                                                  "harvest_put")
+    r = run(exe, os.path.join(gw.dir, "keys"), key, crt, *opts)
+    sgtest.assert_no_sanitizer_report(r.stderr)
+    return r.stdout.split()[0]
+
+
+def harvested(gw):
+    recs = json.loads(ok(gw, "--json", "harvested", "list"))
+    assert all("name" in r for r in recs), recs
+    return [(r["name"], r["status"], r["fingerprint"]) for r in recs]
+
+
+def test_harvested_list_show_promote():
+    with instance() as gw:
+        ca = MiniCA(gw.base, "Partner CA")
+        old = ca.issue("bob-old", "email:bob@partner.example", "20240101000000Z")
+        new = ca.issue("bob-new", "email:bob@partner.example", "20240102000000Z")
+        dom = ca.issue("partner", "DNS:partner.example", "20240101000000Z")
+        assert harvest_put(gw, "Bob@Partner.example", old, "--caps", "1") == "added"
+        assert harvest_put(gw, "bob@partner.example", new) == "held"  # updated_keys off
+        assert harvest_put(gw, "partner.example", dom) == "added"
+        assert harvested(gw) == [("bob@partner.example", "active", fingerprint(old)),
+                                 ("bob@partner.example", "held", fingerprint(new)),
+                                 ("partner.example", "active", fingerprint(dom))], harvested(gw)
+        recs = json.loads(ok(gw, "--json", "harvested", "list"))
+        assert recs[0]["caps"] == ["aes256-gcm"] and recs[0]["emails"] == ["bob@partner.example"], recs[0]
+        assert recs[1]["last_used"] is None and recs[0]["last_used"].endswith("Z"), recs
+        assert [r["held"] for r in recs] == [False, True, False], recs
+        assert recs[0]["issuer"] == "CN=Partner CA" and recs[2]["domains"] == ["partner.example"], recs
+        table = ok(gw, "harvested", "list")
+        assert re.search(r"(?m)^bob@partner\.example\s+active\s+\S+Z\s+aes256-gcm\s+\S+Z\s+\S+Z\s+CN=bob-old\s+"
+                         r"CN=Partner CA$", table), table
+        assert re.search(r"(?m)^bob@partner\.example\s+held\s+\S+Z\s+-\s+\S+Z\s+-\s+CN=bob-new\s", table), table
+        show = ok(gw, "harvested", "show", "BOB@partner.example")
+        assert "SHA256 " + fingerprint(old) in show and "SHA256 " + fingerprint(new) in show, show
+        assert "status:       active" in show and "status:       held" in show, show
+        js = json.loads(ok(gw, "--json", "harvested", "show", "bob@partner.example"))
+        assert [(r["status"], r["fingerprint"]) for r in js] == [("active", fingerprint(old)),
+                                                                ("held", fingerprint(new))], js
+        out = ok(gw, "harvested", "promote", "bob@partner.example", "bob")
+        assert "promoted the held key of bob@partner.example to public key 'bob'" in out, out
+        assert pubkeys(gw)["bob"]["fingerprint"] == fingerprint(new)
+        assert harvested(gw)[0] == ("bob@partner.example", "active", fingerprint(new)), harvested(gw)
+        assert len(harvested(gw)) == 2  # the hold is cleared
+        fails(gw, "harvested", "promote", "partner.example", "bob", says="a public key named 'bob' exists")
+        assert "copied the harvested key of partner.example" in ok(gw, "harvested", "promote", "partner.example",
+                                                                   "partner")
+        assert pubkeys(gw)["partner"]["fingerprint"] == fingerprint(dom)
+
+
+def test_harvested_refusals_and_usage():
+    with instance() as gw:
+        assert json.loads(ok(gw, "--json", "harvested", "list")) == []
+        fails(gw, "harvested", "show", "nobody@x.example", says="no harvested key for 'nobody@x.example'")
+        r = gw.sealctl("--json", "harvested", "show", "nobody@x.example")
+        assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+        fails(gw, "harvested", "promote", "nobody@x.example", "n", says="no harvested key")
+        fails(gw, "harvested", code=2, says="subcommand")
+        fails(gw, "harvested", "frob", code=2, says="unknown subcommand")
+        fails(gw, "harvested", "show", code=2, says="usage")
+        fails(gw, "harvested", "list", "extra", code=2)
+        fails(gw, "harvested", "promote", "a@x.example", code=2, says="usage")
+        fails(gw, "harvested", "promote", "a@x.example", "bad name", code=2, says="only letters")
+        assert pubkeys(gw) == {}
+
+
+def test_alerts_list_shows_harvest_alerts():
+    with instance() as gw:
+        ca = MiniCA(gw.base, "Alert CA")
+        certs = [ca.issue("eve%d" % i, "email:eve@partner.example", "2024010%d000000Z" % i) for i in (1, 2, 3)]
+        now = int(time.time())
+        outcomes = [harvest_put(gw, "eve@partner.example", c, "--updated-keys", "--now", str(now - 3600 + 60 * i))
+                    for i, c in enumerate(certs)]
+        assert outcomes == ["added", "replaced", "alert"], outcomes
+        text = ok(gw, "alerts", "list")
+        assert re.search(r"(?m)^warning\s+\S+Z harvested key eve@partner\.example: .*48 hours.*SHA256 "
+                         + re.escape(fingerprint(certs[2])), text), text
+        # A certificate alert too, then a key store that cannot be opened:
+        # the certificate half still prints, and the exit code says 1.
+        ok(gw, "cert", "create", "soon", "--cn", "soon.example", "--days", "10")
+        rows = json.loads(ok(gw, "--json", "alerts", "list"))
+        kinds = sorted((r["kind"], r["name"], r["level"]) for r in rows)
+        assert kinds == [("certificate-expiry", "soon", "warning"),
+                         ("harvest-update", "eve@partner.example", "warning")], rows
+        harvest = [r for r in rows if r["kind"] == "harvest-update"][0]
+        assert harvest["time"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 3600 + 120)), harvest
+        with open(os.path.join(gw.dir, "keys", "data.mdb"), "wb") as f:
+            f.write(b"not an LMDB file" * 1024)
+        r = gw.sealctl("--json", "alerts", "list")
+        assert r.returncode == 1 and "key store" in r.stderr, (r.returncode, r.stdout, r.stderr)
+        assert [x["kind"] for x in json.loads(r.stdout)] == ["certificate-expiry"], r.stdout
+        sgtest.assert_no_sanitizer_report(r.stderr)
+
+
+def test_ca_import_with_crls():
+    with instance() as gw:
+        a, b = MiniCA(gw.base, "CA A"), MiniCA(gw.base, "CA B")
+        forger = MiniCA(gw.base, "forger", subject="/CN=CA A")  # A's name, another key
+        good = os.path.join(gw.base, "good.pem")
+        with open(good, "w") as f:
+            f.write(open(a.crt).read() + open(a.crl()).read() + open(b.crt).read() + open(b.crl()).read())
+        assert "(2 certificate(s), 2 CRL(s))" in ok(gw, "ca", "import", "partners", good)
+        lists = json.loads(ok(gw, "--json", "ca", "list"))
+        assert [(l["name"], l["count"], l["crls"]) for l in lists] == [("partners", 2, 2)], lists
+        assert re.search(r"(?m)^partners\s+2\s+2\s+/CN=CA A; /CN=CA B$", ok(gw, "ca", "list"))
+        foreign = os.path.join(gw.base, "foreign.pem")
+        with open(foreign, "w") as f:
+            f.write(open(a.crt).read() + open(b.crl()).read())
+        err = fails(gw, "ca", "import", "foreign", foreign, says=foreign)
+        assert "block 2" in err and "CA B" in err and "no certificate of the list" in err, err
+        forged = os.path.join(gw.base, "forged.pem")
+        with open(forged, "w") as f:
+            f.write(open(forger.crl()).read() + open(a.crt).read())
+        err = fails(gw, "ca", "import", "forged", forged, says=forged)
+        assert "block 1" in err and "does not verify" in err, err
+        key = os.path.join(a.dir, "ca.key")
+        with open(forged, "w") as f:
+            f.write(open(a.crt).read() + open(key).read())
+        fails(gw, "ca", "import", "withkey", forged, says="block 2: not a PEM certificate or CRL (PRIVATE KEY)")
+        assert [l["name"] for l in json.loads(ok(gw, "--json", "ca", "list"))] == ["partners"]
+
+
 # ---------------------------------------------------------------- the daemon
 
 def test_changes_tell_the_running_daemon():
@@ -269,6 +448,8 @@ def test_changes_tell_the_running_daemon():
         assert "the running daemon reloaded its keys" in ok(gw, "pubkey", "delete", "carol")
         ca = make_cert(gw.base, "RootC", None, ca=True)
         assert "the running daemon reloaded its keys" in ok(gw, "ca", "import", "c", ca)
+        harvest_put(gw, "dan@x.example", make_cert(gw.base, "dan", "email:dan@x.example"))
+        assert "the running daemon reloaded its keys" in ok(gw, "harvested", "promote", "dan@x.example", "dan")
         assert "reloaded" not in ok(gw, "pubkey", "list")  # reading changes nothing
         sgtest.assert_running(gw)
     with instance() as gw:  # no daemon: quiet
@@ -280,7 +461,8 @@ def main():
     return sgtest.run_tests([
         test_add_list_show_delete, test_add_refusals_and_usage, test_export_import_between_instances,
         test_import_bad_file_changes_nothing, test_import_10000_keys, test_ca_import_list_delete,
-        test_changes_tell_the_running_daemon,
+        test_harvested_list_show_promote, test_harvested_refusals_and_usage, test_alerts_list_shows_harvest_alerts,
+        test_ca_import_with_crls, test_changes_tell_the_running_daemon,
     ])
 
 
