@@ -227,6 +227,10 @@ class Gpgsm:
         assert len(new) == 1, new
         with open(os.path.join(self.home, "trustlist.txt"), "a") as f:
             f.write("%s S relax\n" % new[0])
+        # gpg-agent reads trustlist.txt when it starts (importing a
+        # certificate starts it) and keeps that list: an anchor added later
+        # counts only after a reload (this home's agent only).
+        run("gpgconf", "--reload", "gpg-agent", env=self.env, check=False)
         return new[0]
 
     def import_key(self, addr):
