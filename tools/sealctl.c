@@ -24,6 +24,8 @@
 #include "core/control.h"
 #include "core/sgerr.h"
 #include "core/spool.h"
+#include "crypto/keystore.h"
+#include "crypto/verify.h"
 
 #include "tools/sealctl.h"
 
@@ -227,13 +229,27 @@ static int ctl_reload(const struct ctl *c) {
   return rc ? 1 : 0;
 }
 
+/* The verification anchors the daemon would build (CA lists, CRLs of the
+ * key store, trust.crl_files): an unreadable CRL file stops a start. */
+static int ctl_check_trust(const struct config *cfg, char *err, size_t errlen) {
+  struct keystore *ks = NULL;
+  struct verify_trust *t = NULL;
+  struct stat st;
+  int rc = stat(cfg->key_store, &st) == 0 ? keystore_open(cfg->key_store, false, &ks, err, errlen) : 0;
+  if (rc == 0) rc = verify_trust_new(ks, cfg->trust_system_cas, cfg->trust_crl_files, cfg->n_trust_crl_files, &t, err,
+                                     errlen);
+  verify_trust_free(t);
+  keystore_close(ks);
+  return rc;
+}
+
 static int ctl_config(const struct ctl *c) {
   if (c->argc != 2 || strcmp(c->argv[1], "check") != 0) return ctl_usage_error("config needs 'check'%s", "");
   struct config *cfg;
   int rc = ctl_load(c, &cfg);
   if (rc) return rc;
   char err[1024];
-  if ((rc = ctl_check_token(cfg, err, sizeof err)) != 0) {
+  if ((rc = ctl_check_token(cfg, err, sizeof err)) != 0 || (rc = ctl_check_trust(cfg, err, sizeof err)) != 0) {
     fprintf(stderr, "sealctl: %s: %s\n", cfg->path, err);
     config_unref(cfg);
     return 1;

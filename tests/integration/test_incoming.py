@@ -262,6 +262,23 @@ def test_revoked_signer_is_policy():
         assert smime_result(got)[:2] == ("policy", "revoked"), auth_results(got)
 
 
+def test_revocation_hard_and_crl_files():
+    """revocation: hard (extension): no CRL for alice's issuer is a policy
+    failure; a CRL given in trust.crl_files (not listing alice) passes.
+    An unreadable CRL file is named by `sealctl config check`."""
+    with Inbound(flow="    revocation: hard\n") as s:
+        got = s.deliver(message(sign(entity(), *s.alice)))
+        assert smime_result(got)[:2] == ("policy", "revocation-unknown"), auth_results(got)
+        other = s.pki.issue("bob", "bob@partner.example")
+        crl = s.pki.revoke(other[0])
+        s.gw.append_config("trust:\n  crl_files: [\"%s\"]\n" % crl)
+        sgtest.sealctl_ok(s.gw, "reload")
+        got = s.deliver(message(sign(entity(), *s.alice), mid="m2@partner.example"))
+        assert smime_result(got)[0] == "pass", auth_results(got)
+        s.gw.edit_config(crl, crl + ".missing")
+        sgtest.sealctl_fails(s.gw, "config", "check", says="crl.pem.missing")
+
+
 def test_forged_results_removed():
     """An Authentication-Results field claiming to be ours is removed, one
     from another host stays (INTERFACE.md)."""
@@ -361,7 +378,8 @@ def main():
     return sgtest.run_tests([
         test_detached_pass, test_opaque_pass, test_keep_signature_false_removes_it,
         test_tampered_fails_and_is_delivered, test_from_mismatch_is_policy, test_untrusted_signer_is_policy,
-        test_expired_signer_is_policy, test_revoked_signer_is_policy, test_forged_results_removed,
+        test_expired_signer_is_policy, test_revoked_signer_is_policy, test_revocation_hard_and_crl_files,
+        test_forged_results_removed,
         test_encrypted_cbc_decrypts, test_encrypted_gcm_decrypts, test_gcm_flipped_tag_releases_nothing,
         test_wrong_key_is_permerror, test_sign_then_encrypt, test_triple_wrapped, test_encrypt_then_sign,
         test_disabled_flow_relays_unchanged,
