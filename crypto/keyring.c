@@ -440,8 +440,18 @@ void keyring_harvest(struct keyring *k, const struct config *cfg, const struct c
   struct keystore_harvest_opts o = {flow->harvest_updated_keys, cfg->limits.harvested_store};
   enum keystore_harvest_outcome out;
   size_t evicted = 0;
+  unsigned long before = 0, after = 0;
+  bool gens = keystore_generation(k->keys, &before) == 0;
   int rc = keystore_harvest_put(k->keys, key, res->sig.signer, incoming_caps(res), time(NULL), &o, &out, &evicted, err,
                                 sizeof err);
+  /* Our own write: drop only the key it changed, not the whole cache (the
+   * tick flushes it when the generation moved for anyone else's write;
+   * exactly one step from where the cache was means it was only ours). */
+  gens = gens && rc == 0 && keystore_generation(k->keys, &after) == 0;
+  if (gens && k->cache && evicted == 0 && after == before + 1 && keycache_generation(k->cache) == before) {
+    keycache_invalidate(k->cache, key);
+    keycache_set_generation(k->cache, after);
+  }
   if (rc) {
     log_warn("queue_id=%s harvest=error key=<%s> reason=\"%s\"", queue_id, key, err);
     return;

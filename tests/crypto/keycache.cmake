@@ -3,15 +3,8 @@
 # expiry, CLOCK eviction, harvested use marks), and issue #5's acceptance
 # test (readers on every core while a writer churns the store and the
 # cache).  tools/test.sh also runs it under ThreadSanitizer (build-tsan).
-#
-# XXX liburcu-cds is linked here too: PkgConfig::URCU is created by the
-# top-level pkg_check_modules(URCU ... liburcu) before crypto/ asks for
-# liburcu-cds under the same prefix, so sg_keycache's PkgConfig::URCU
-# lacks -lurcu-cds.  Drop this once crypto/CMakeLists.txt links a target
-# of its own prefix (e.g. PkgConfig::URCU_CDS).
-pkg_check_modules(TEST_URCU_CDS REQUIRED IMPORTED_TARGET liburcu-cds)
 sg_unit_test(test_keycache ${CMAKE_CURRENT_SOURCE_DIR}/test_keycache.c sg_keycache sg_keystore sg_cert
-             PkgConfig::TEST_URCU_CDS Threads::Threads)
+             Threads::Threads)
 # In a ThreadSanitizer build, ctest runs it as tools/test.sh does.
 if(SEALGATE_TSAN)
   set_tests_properties(test_keycache PROPERTIES ENVIRONMENT
