@@ -702,18 +702,19 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
 
 /* ---- S/MIME processing (outgoing and incoming) ------------------------------ */
 
-/* The flow policy that decrypts and verifies mail of m's listener, if any
- * (incoming listeners only; DSNs are our own). */
+/* The flow policy of m's listener if it is incoming (DSNs are our own).
+ * Every incoming message goes through crypto/incoming.c: with
+ * smime_decrypt_verify it is decrypted and verified; in any case an
+ * Authentication-Results field claiming our host name is removed. */
 static const struct config_flow_policy *dl__flow_of(const struct config *cfg, const struct spool_msg *m) {
   if (m->env.flags & (SPOOL_F_DSN | SPOOL_F_SMIME)) return NULL;
   const struct config_listener *l = config_listener_find(cfg, m->env.listener);
-  const struct config_flow_policy *f = l && l->direction == CONFIG_INCOMING ? config_flow_policy_find(cfg, l->flow_policy) : NULL;
-  return f && f->smime_decrypt_verify ? f : NULL;
+  return l && l->direction == CONFIG_INCOMING ? config_flow_policy_find(cfg, l->flow_policy) : NULL;
 }
 
 /* A message is processed when its listener (in the current config) names a
  * sending profile, or is incoming with a flow policy that decrypts and
- * verifies; DSNs never are (they go back to our own sender).  One
+ * verifies (and every incoming listener: forged results are removed); DSNs never are (they go back to our own sender).  One
  * accepted under a profile (SPOOL_F_SMIME) is processed even if a reload
  * renamed its listener or removed the profile: dl__smime_request then
  * makes it wait instead of sending it unprocessed (fail closed). */
@@ -742,6 +743,7 @@ struct dl_smime {
   const struct config_flow_policy *flow; /* set: incoming */
   struct keyring_incoming in;
   bool smime_message, smime_verified;
+  bool first;                /* the first attempt in this process: harvest and count failures once */
   uint64_t t0;
 };
 
@@ -760,8 +762,10 @@ static void dl__smime_done(void *arg);
  * (the delivery log line follows from the loop). */
 static void dl__incoming_run(struct dl_smime *j, struct hsm_worker *w) {
   struct config *cfg = j->cfg;
-  struct incoming_request rq = {j->flow, cfg->hostname, j->in.trust, j->in.keys, j->in.n_keys, j->in.guard,
-                                cfg->spool_dir, j->data, j->m->data_len, time(NULL)};
+  /* Retries process the message again (the spool keeps the original):
+   * only the first attempt counts toward the oracle guard. */
+  struct incoming_request rq = {j->flow, cfg->hostname, j->in.trust, j->in.keys, j->in.n_keys,
+                                j->first ? j->in.guard : NULL, cfg->spool_dir, j->data, j->m->data_len, time(NULL)};
   struct incoming_result res;
   incoming_process(w, &rq, &res);
   j->res.status = res.status == INCOMING_DONE ? OUTGOING_DONE : OUTGOING_TEMP;
@@ -771,13 +775,14 @@ static void dl__incoming_run(struct dl_smime *j, struct hsm_worker *w) {
   res.out = (struct buf)BUF_INIT;
   j->smime_message = res.smime;
   j->smime_verified = res.verified;
-  if (res.status == INCOMING_DONE) {
-    char from[330];
+  if (res.status == INCOMING_DONE && j->flow->smime_decrypt_verify) {
+    char from[330], id[330], detail[300];
     log_safe(from, sizeof from, res.from, strlen(res.from));
+    log_safe(id, sizeof id, res.sig.identity, strlen(res.sig.identity));
+    log_safe(detail, sizeof detail, res.reason, strlen(res.reason));
     log_info("queue_id=%s from=<%s> action=%s smime=%s%s%s identity=<%s> detail=\"%s\"", j->m->env.queue_id, from,
-             res.action, res.result, res.result_reason[0] ? " reason=" : "", res.result_reason, res.sig.identity,
-             res.reason);
-    keyring_harvest(j->dl->sh->d->keys, cfg, j->flow, &res, j->m->env.queue_id);
+             res.action, res.result, res.result_reason[0] ? " reason=" : "", res.result_reason, id, detail);
+    if (j->first) keyring_harvest(j->dl->sh->d->keys, cfg, j->flow, &res, j->m->env.queue_id);
   }
   incoming_result_free(&res);
 }
@@ -799,6 +804,7 @@ static bool dl__smime_request(struct dl_smime *j) {
   const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(j->cfg, l->sending_profile) : NULL;
   struct keyring *k = j->dl->sh->d->keys;
   j->res.status = OUTGOING_TEMP;
+  j->first = j->m->attempts == 0;
   if (!p && (j->flow = dl__flow_of(j->cfg, j->m)) != NULL) {
     if (keyring_incoming(k, &j->in) == 0) return true;
     snprintf(j->res.reason, sizeof j->res.reason, "out of memory");

@@ -152,6 +152,56 @@ static int decrypt__content_alg(const unsigned char *der, size_t len, X509_ALGOR
   return *alg_out ? 0 : -1;
 }
 
+/*
+ * The GCM tag of an AuthEnvelopedData (RFC 5083 2.1, RFC 5084 3.2):
+ * OpenSSL 3.0 checks as many tag octets as the mac OCTET STRING holds, so
+ * a 1-octet mac would make forging a message a matter of 256 tries.  The
+ * mac must be as long as GCMParameters' aes-ICVlen (default 12) says, and
+ * that 12 to 16 octets.  Walks
+ *   ContentInfo { OID, [0] AuthEnvelopedData { version, [0]?, SET,
+ *   authEncryptedContentInfo SEQUENCE, [1] authAttrs?, mac OCTET STRING } }
+ * Returns the mac length, or -1.
+ */
+static long decrypt__mac_len(const unsigned char *der, size_t len) {
+  const unsigned char *p = der, *end = der + len, *cend;
+  const int U = V_ASN1_UNIVERSAL, C = V_ASN1_CONTEXT_SPECIFIC, D = DECRYPT__BER_DEPTH;
+  if (decrypt__enter(&p, &end, U, V_ASN1_SEQUENCE) || decrypt__skip(&p, end, U, V_ASN1_OBJECT, D) ||
+      decrypt__enter(&p, &end, C, 0) || decrypt__enter(&p, &end, U, V_ASN1_SEQUENCE) ||
+      decrypt__skip(&p, end, U, V_ASN1_INTEGER, D))
+    return -1;
+  if (decrypt__next_is(p, end, C, 0) && decrypt__skip(&p, end, C, 0, D)) return -1;
+  if (decrypt__skip(&p, end, U, V_ASN1_SET, D) || decrypt__skip(&p, end, U, V_ASN1_SEQUENCE, D)) return -1;
+  if (decrypt__next_is(p, end, C, 1) && decrypt__skip(&p, end, C, 1, D)) return -1;
+  int tag, cls, r = decrypt__header(&p, end, &tag, &cls, &cend);
+  if (r != 0 || tag != V_ASN1_OCTET_STRING || cls != U) return -1; /* primitive, definite */
+  return (long)(cend - p);
+}
+
+/* aes-ICVlen of a GCMParameters SEQUENCE { aes-nonce OCTET STRING,
+ * aes-ICVlen INTEGER DEFAULT 12 }; -1 if malformed. */
+static long decrypt__icv_len(const X509_ALGOR *alg) {
+  const ASN1_TYPE *t = alg->parameter;
+  if (t == NULL || t->type != V_ASN1_SEQUENCE) return -1;
+  const unsigned char *p = t->value.sequence->data, *end = p + t->value.sequence->length;
+  if (decrypt__enter(&p, &end, V_ASN1_UNIVERSAL, V_ASN1_SEQUENCE) ||
+      decrypt__skip(&p, end, V_ASN1_UNIVERSAL, V_ASN1_OCTET_STRING, DECRYPT__BER_DEPTH))
+    return -1;
+  if (p == end) return 12;
+  ASN1_INTEGER *n = d2i_ASN1_INTEGER(NULL, &p, end - p);
+  long v = n ? ASN1_INTEGER_get(n) : -1;
+  ASN1_INTEGER_free(n);
+  return v;
+}
+
+static int decrypt__check_mac(struct decrypt__call *c, const unsigned char *der, size_t len, const X509_ALGOR *alg) {
+  long mac = decrypt__mac_len(der, len), icv = decrypt__icv_len(alg);
+  if (mac < 12 || mac > 16 || mac != icv) {
+    decrypt__say(c, "GCM tag of %ld octets (aes-ICVlen %ld) refused: 12 to 16, as announced", mac, icv);
+    return SG_EPERM;
+  }
+  return 0;
+}
+
 /* ---- cipher against content type (EFAIL) ------------------------------------ */
 
 static bool decrypt__is_aead(const EVP_CIPHER *ci) {
@@ -186,14 +236,17 @@ static int decrypt__check_cipher(struct decrypt__call *c, const unsigned char *d
     snprintf(c->cipher, sizeof c->cipher, "%s", OBJ_nid2ln(nid)); /* "aes-256-gcm" */
   else
     OBJ_obj2txt(c->cipher, sizeof c->cipher, alg->algorithm, 1);
-  X509_ALGOR_free(alg);
   decrypt__say(c, "%s %s: ", c->kind, c->cipher);
   const EVP_CIPHER *ci = nid == NID_undef ? NULL : EVP_get_cipherbynid(nid);
+  int rc = 0;
   if (ci == NULL) {
     decrypt__say(c, "content-encryption algorithm not supported");
-    return SG_EPERM;
+    rc = SG_EPERM;
   }
-  return decrypt__cipher_fits(c, ci);
+  if (rc == 0) rc = decrypt__cipher_fits(c, ci);
+  if (rc == 0 && c->auth) rc = decrypt__check_mac(c, der, len, alg);
+  X509_ALGOR_free(alg);
+  return rc;
 }
 
 /* ---- parsing ------------------------------------------------------------------ */

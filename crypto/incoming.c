@@ -50,6 +50,7 @@ struct in_ctx {
   size_t cur_len, deliver_len;
   size_t n_sigs;
   bool all_pass, outer_fail, failed_decrypt;
+  bool from_single;                 /* one From: field naming one mailbox */
 };
 
 void incoming_result_free(struct incoming_result *res) {
@@ -147,7 +148,9 @@ static int in__body_bytes(const char *body, size_t len, const char *cte, struct 
 /* ---- opening layers ----------------------------------------------------- */
 
 static void in__params(const struct in_ctx *c, struct verify_params *p) {
-  *p = (struct verify_params){.trust = c->rq->trust, .from = c->res->from[0] ? c->res->from : NULL,
+  /* Two From fields, or one naming two mailboxes: no signer can match
+   * "the" sender (verify reports no-from). */
+  *p = (struct verify_params){.trust = c->rq->trust, .from = c->res->from[0] && c->from_single ? c->res->from : NULL,
                               .revocation_hard = c->rq->flow->revocation == CONFIG_REVOCATION_HARD, .now = c->rq->now};
 }
 
@@ -194,13 +197,15 @@ static int in__detached(struct in_ctx *c, const struct mime_entity_info *mi) {
     const char *s = body + parts[1].off;
     mime_entity_info(s, parts[1].len, &si);
     rc = in__body_bytes(s + si.body_off, parts[1].len - si.body_off, si.cte, &sig);
-    if (rc == SG_ENOMEM) return rc;
     if (rc == 0) rc = verify_detached(body + parts[0].off, parts[0].len, (unsigned char *)sig.data, sig.len, &p, &vr,
                                       err, sizeof err);
     else snprintf(err, sizeof err, "the signature part is not valid base64");
   }
   buf_free(&sig);
-  if (rc == SG_ENOMEM) return rc;
+  if (rc == SG_ENOMEM) {
+    verify_result_free(&vr);
+    return rc;
+  }
   if (rc != 0 || n != 2) in__malformed(&vr, err);
   /* Even a malformed one reports its first part as the content. */
   in__signature(c, &vr, n >= 1 ? body + parts[0].off : c->cur, n >= 1 ? parts[0].len : c->cur_len);
@@ -231,8 +236,13 @@ static int in__opaque(struct in_ctx *c, const struct buf *der) {
   if (rc == SG_ENOMEM) return rc;
   const char *inner = c->cur;
   size_t ilen = c->cur_len;
-  if (rc != 0) in__malformed(&vr, err);
-  else if ((rc = in__hold(c, &content, &inner, &ilen)) != 0) return rc;
+  if (rc != 0) {
+    in__malformed(&vr, err);
+  } else if (in__hold(c, &content, &inner, &ilen) != 0) { /* no memory: nothing was decided */
+    buf_free(&content);
+    verify_result_free(&vr);
+    return SG_ENOMEM;
+  }
   buf_free(&content);
   bool opened = inner != c->cur;
   in__signature(c, &vr, inner, ilen);
@@ -329,6 +339,7 @@ static int in__enveloped(struct in_ctx *c, const struct buf *der) {
 static int in__layer(struct in_ctx *c) {
   struct mime_entity_info mi;
   mime_entity_info(c->cur, c->cur_len, &mi);
+  if (mi.ambiguous) return 1; /* two Content-Types: readers may see another structure than we would check */
   if (!strcmp(mi.type, "multipart/signed") &&
       (!strcmp(mi.protocol, "application/pkcs7-signature") || !strcmp(mi.protocol, "application/x-pkcs7-signature")))
     return in__detached(c, &mi);
@@ -374,8 +385,10 @@ static void in__conclude(struct in_ctx *c) {
     res->result = in__result_of(&res->sig);
     snprintf(res->result_reason, sizeof res->result_reason, "%s", res->sig.status == VERIFY_PASS ? "" : res->sig.reason);
   }
-  res->action = res->decrypted ? (res->has_signature ? "decrypt-verify" : "decrypt")
-                : res->has_signature ? "verify" : "check";
+  res->action = !c->rq->flow->smime_decrypt_verify ? "relay"
+                : res->decrypted      ? (res->has_signature ? "decrypt-verify" : "decrypt")
+                : res->has_signature  ? "verify"
+                                      : "check";
   if (!res->reason[0] && res->has_signature)
     snprintf(res->reason, sizeof res->reason, "%s", res->sig.detail[0] ? res->sig.detail : res->result);
 }
@@ -392,77 +405,90 @@ static int in__header(const struct in_ctx *c, struct buf *out) {
   return rc;
 }
 
+/* RFC 5322 CFWS from f[i]: whitespace, line ends, and comments (nested,
+ * with quoted-pairs).  Returns the index after it. */
+static size_t in__cfws(const char *f, size_t n, size_t i) {
+  int depth = 0;
+  for (; i < n; i++) {
+    char ch = f[i];
+    if (depth > 0 && ch == '\\') i++; /* a quoted-pair: the next octet is literal */
+    else if (ch == '(') depth++;
+    else if (depth > 0 && ch == ')') depth--;
+    else if (depth == 0 && ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n') break;
+  }
+  return i;
+}
+
 /* Is this Authentication-Results field (name and value, folded) one that
- * claims to come from us?  Its authserv-id is the first token of the
- * value, after comments and whitespace. */
+ * claims to come from us?  Its authserv-id is the first token (or quoted
+ * string, RFC 8601 allows either) of the value, after CFWS. */
 static bool in__forged(const char *f, size_t n, const char *hostname) {
   static const char name[] = "authentication-results";
   size_t i = sizeof name - 1;
   if (n < i || strncasecmp(f, name, i) != 0) return false;
   while (i < n && (f[i] == ' ' || f[i] == '\t')) i++;
   if (i == n || f[i] != ':') return false;
-  for (i++; i < n;) {
-    if (f[i] == ' ' || f[i] == '\t' || f[i] == '\r' || f[i] == '\n') {
-      i++;
-    } else if (f[i] == '(') { /* a comment, nesting allowed */
-      int depth = 0;
-      for (; i < n; i++) {
-        if (f[i] == '(') depth++;
-        else if (f[i] == ')' && --depth == 0) break;
-      }
-      i++;
-    } else {
-      break;
+  i = in__cfws(f, n, i + 1);
+  char id[256];
+  size_t k = 0;
+  if (i < n && f[i] == '"') { /* quoted-string: unescape it */
+    for (i++; i < n && f[i] != '"' && k + 1 < sizeof id; i++) {
+      if (f[i] == '\\' && i + 1 < n) i++;
+      if (f[i] != '\r' && f[i] != '\n') id[k++] = f[i];
     }
+  } else {
+    for (; i < n && !strchr(";()\" \t\r\n", f[i]) && k + 1 < sizeof id; i++) id[k++] = f[i];
   }
-  size_t start = i;
-  while (i < n && f[i] != ';' && f[i] != ' ' && f[i] != '\t' && f[i] != '\r' && f[i] != '(') i++;
-  size_t hl = strlen(hostname);
-  return i - start == hl && strncasecmp(f + start, hostname, hl) == 0;
+  id[k] = '\0';
+  return strcasecmp(id, hostname) == 0;
 }
 
-/* Copy the header block hdr[0..len) to out without the fields in__forged
- * names; a field runs to the next line that does not start with WSP. */
-static int in__copy_fields(const char *hdr, size_t len, const char *hostname, struct buf *out) {
+/* Copy the fields of the header block hdr[0..len) to out, a field running
+ * to the next line that does not start with WSP: never one in__forged
+ * names; with only_content, only Content-* fields (an inner entity's
+ * header must not add fields to the message's own: From, Subject or a
+ * result of ours spliced in from a decrypted or signed part).  An empty
+ * line is not a field: it ends the block. */
+static int in__copy_fields(const char *hdr, size_t len, const char *hostname, bool only_content,
+                           struct buf *out) {
   size_t i = 0;
   int rc = 0;
-  while (rc == 0 && i < len) {
+  while (rc == 0 && i < len && hdr[i] != '\r' && hdr[i] != '\n') {
     size_t j = i;
     do {
       const char *nl = memchr(hdr + j, '\n', len - j);
       j = nl ? (size_t)(nl - hdr) + 1 : len;
     } while (j < len && (hdr[j] == ' ' || hdr[j] == '\t'));
-    if (!in__forged(hdr + i, j - i, hostname)) rc = buf_append(out, hdr + i, j - i);
+    bool keep = !in__forged(hdr + i, j - i, hostname) &&
+                (!only_content || (j - i > 8 && strncasecmp(hdr + i, "content-", 8) == 0));
+    if (keep) rc = buf_append(out, hdr + i, j - i);
     i = j;
   }
   return rc;
 }
 
-/* The message to deliver: our header, then the original as it came when
- * nothing was removed (its field order kept), else the outer fields, a
- * MIME-Version and the entity to deliver. */
+/* The message to deliver: our header (when the flow decrypts/verifies),
+ * then the original as it came when nothing was removed (its field order
+ * kept), else the outer fields, a MIME-Version, the entity's Content-*
+ * fields and its body. */
 static int in__compose(struct in_ctx *c) {
   struct buf *out = &c->res->out;
   const struct incoming_request *rq = c->rq;
   int rc = buf_reserve(out, 256 + c->split.outer_len + c->deliver_len);
-  if (rc == 0) rc = in__header(c, out);
+  if (rc == 0 && rq->flow->smime_decrypt_verify) rc = in__header(c, out);
   if (rc) return rc;
+  struct mime_entity_info mi;
+  mime_entity_info(c->deliver, c->deliver_len, &mi);
   if (c->deliver == rq->data) {
-    size_t body = 0; /* the original's header block, up to and including the empty line */
-    while (body < rq->len) {
-      const char *nl = memchr(rq->data + body, '\n', rq->len - body);
-      size_t next = nl ? (size_t)(nl - rq->data) + 1 : rq->len;
-      bool empty = next - body <= 2 && (next - body == 1 || rq->data[body] == '\r');
-      if (empty) break;
-      body = next;
-    }
-    rc = in__copy_fields(rq->data, body, rq->hostname, out);
-    if (rc == 0) rc = buf_append(out, rq->data + body, rq->len - body);
-    return rc;
+    rc = in__copy_fields(rq->data, mi.body_off, rq->hostname, false, out);
+  } else {
+    rc = in__copy_fields(c->split.outer, c->split.outer_len, rq->hostname, false, out);
+    if (rc == 0) rc = buf_append(out, "MIME-Version: 1.0\r\n", 19);
+    if (rc == 0) rc = in__copy_fields(c->deliver, mi.body_off, rq->hostname, true, out);
   }
-  rc = in__copy_fields(c->split.outer, c->split.outer_len, rq->hostname, out);
-  if (rc == 0) rc = buf_append(out, "MIME-Version: 1.0\r\n", 19);
-  if (rc == 0) rc = buf_append(out, c->deliver, c->deliver_len);
+  /* The empty line, then the body exactly as it is. */
+  if (rc == 0) rc = buf_append(out, "\r\n", 2);
+  if (rc == 0) rc = buf_append(out, c->deliver + mi.body_off, c->deliver_len - mi.body_off);
   return rc;
 }
 
@@ -476,11 +502,18 @@ void incoming_process(struct hsm_worker *w, const struct incoming_request *rq, s
   struct mime_entity_info mi;
   mime_entity_info(rq->data, rq->len, &mi);
   int rc = mime_split_raw(rq->data, mi.body_off, &c.split);
-  if (rc == 0) {
+  c.cur = c.deliver = rq->data;
+  c.cur_len = c.deliver_len = rq->len;
+  if (rc == 0 && rq->flow->smime_decrypt_verify) {
     mime_from_address(c.split.outer, c.split.outer_len, res->from, sizeof res->from);
-    c.cur = c.deliver = rq->data;
-    c.cur_len = c.deliver_len = rq->len;
-    for (int depth = 0; rc == 0 && depth < INCOMING_MAX_LAYERS; depth++) rc = in__layer(&c);
+    c.from_single = mime_from_single(c.split.outer, c.split.outer_len);
+    int depth = 0;
+    for (; rc == 0 && depth < INCOMING_MAX_LAYERS; depth++) rc = in__layer(&c);
+    if (rc == 0) { /* a layer is left unopened: nothing below it was checked */
+      c.all_pass = false;
+      snprintf(res->reason, sizeof res->reason, "more than %d S/MIME layers: the innermost was not opened",
+               INCOMING_MAX_LAYERS);
+    }
     if (rc == 1) rc = 0;
   }
   if (rc == 0) {

@@ -437,7 +437,7 @@ void keyring_harvest(struct keyring *k, const struct config *cfg, const struct c
     log_info("queue_id=%s harvest=skipped reason=\"%s\"", queue_id, why);
     return;
   }
-  struct keystore_harvest_opts o = {flow->harvest_updated_keys, cfg->limits.harvested_store};
+  struct keystore_harvest_opts o = {flow->harvest_updated_keys, cfg->limits.harvested_store, !res->sig.chain_ok};
   enum keystore_harvest_outcome out;
   size_t evicted = 0;
   unsigned long before = 0, after = 0;

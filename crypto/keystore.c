@@ -774,6 +774,14 @@ static int ks__lookup(struct keystore *ks, MDB_txn *txn, enum keystore_tier tier
   return ks__probe(ks, txn, ks->by_domain, wild, &m, now, best);
 }
 
+int ks__managed_answer(struct keystore *ks, MDB_txn *txn, const char *key, time_t now, X509 **out) {
+  *out = NULL;
+  const char *at = strrchr(key, '@');
+  int rc = at ? ks__lookup(ks, txn, KEYSTORE_TIER_EMAIL, key, now, out) : 0;
+  if (rc == 0 && !*out) rc = ks__lookup(ks, txn, KEYSTORE_TIER_DOMAIN, at ? at + 1 : key, now, out);
+  return rc == SG_EINVAL ? 0 : rc;
+}
+
 int keystore_lookup_tier(struct keystore *ks, enum keystore_tier tier, const char *key, time_t now,
                          X509 **cert_out, unsigned *caps_out) {
   *cert_out = NULL;

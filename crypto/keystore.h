@@ -116,7 +116,10 @@ int keystore_lookup(struct keystore *ks, const char *address, time_t now, X509 *
  * certificate that does not name its key (an address key: a SAN e-mail or
  * subject emailAddress equal to it; a domain key: a SAN DNS name equal to
  * it or a wildcard one label up), and decides replacement:
- *   - unknown key: stored (KEYSTORE_HARVEST_ADDED);
+ *   - unknown key: stored (KEYSTORE_HARVEST_ADDED), unless a managed key
+ *     (explicit trust, any tier) already answers for it with another
+ *     certificate: then held (KEYSTORE_HARVEST_HELD), since a harvested
+ *     e-mail key would otherwise take precedence over the managed one;
  *   - the same certificate (DER) again: KEYSTORE_HARVEST_SAME; the record
  *     is rewritten only when its caps changed or its use time is more than
  *     an hour old (every signed message is a put; a commit is an fsync);
@@ -148,6 +151,8 @@ enum keystore_harvest_outcome {
 struct keystore_harvest_opts {
   bool updated_keys;  /* flow policy harvest.updated_keys */
   size_t max_bytes;   /* 0: the 512 MB default */
+  bool unvalidated;   /* the certificate's chain did not validate (harvest.self_signed):
+                         it may fill a gap, never replace a known key */
 };
 
 /* key: the address or domain (lower-cased by the store).  caps:

@@ -376,7 +376,7 @@ static int ksh__put_other(struct ksh_put *p, const struct ksh_rec *a, size_t a_s
   /* A clock that went back counts as within the window: the cautious side. */
   bool recent = a->replaced != 0 && p->now - a->replaced < KSH_WINDOW;
   int rc;
-  if (!recent && p->o->updated_keys && p->not_before > a->not_before) {
+  if (!recent && p->o->updated_keys && !p->o->unvalidated && p->not_before > a->not_before) {
     struct ksh_rec n = ksh__fresh(p, p->now);
     *out = KEYSTORE_HARVEST_REPLACED;
     p->changed = true;
@@ -392,11 +392,35 @@ static int ksh__put_other(struct ksh_put *p, const struct ksh_rec *a, size_t a_s
   return ksh__alert_second(p, a->replaced);
 }
 
-/* An unknown key (or one whose record no longer decodes). */
-static int ksh__put_new(struct ksh_put *p, size_t a_size) {
+/* A key a managed key answers for with another certificate: the new one
+ * is held (once; a hold of the same certificate stays as it is). */
+static int ksh__put_shadowed(struct ksh_put *p, enum keystore_harvest_outcome *out) {
   MDB_val hv;
   struct ksh_rec h;
   int rc = ksh__get(p->txn, p->ks->held, p->key, &hv, &h);
+  if (rc && rc != SG_ENOTFOUND && rc != SG_ECORRUPT) return ksh__read_fail(p, rc);
+  *out = KEYSTORE_HARVEST_HELD;
+  if (rc == 0 && ksh__same_der(&h, p->der, p->der_len)) return 0;
+  struct ksh_rec n = ksh__fresh(p, 0);
+  p->changed = true;
+  return ksh__store(p, p->ks->held, &n, rc == SG_ENOTFOUND ? 0 : strlen(p->key) + hv.mv_size);
+}
+
+/* An unknown key (or one whose record no longer decodes). */
+static int ksh__put_new(struct ksh_put *p, size_t a_size, enum keystore_harvest_outcome *out) {
+  X509 *managed = NULL;
+  int rc = ks__managed_answer(p->ks, p->txn, p->key, p->now, &managed);
+  if (rc) return ksh__read_fail(p, rc);
+  unsigned char *mder = NULL;
+  int mlen = managed ? i2d_X509(managed, &mder) : 0;
+  bool other = managed && (mlen != (int)p->der_len || memcmp(mder, p->der, p->der_len) != 0);
+  OPENSSL_free(mder);
+  X509_free(managed);
+  if (other) return ksh__put_shadowed(p, out);
+  *out = KEYSTORE_HARVEST_ADDED;
+  MDB_val hv;
+  struct ksh_rec h;
+  rc = ksh__get(p->txn, p->ks->held, p->key, &hv, &h);
   if (rc && rc != SG_ENOTFOUND && rc != SG_ECORRUPT) return ksh__read_fail(p, rc);
   /* A hold without an active record is debris of a corrupt record. */
   if (rc != SG_ENOTFOUND && (rc = ksh__drop(p, p->ks->held, strlen(p->key) + hv.mv_size)) != 0) return rc;
@@ -410,10 +434,8 @@ static int ksh__put_decide(struct ksh_put *p, enum keystore_harvest_outcome *out
   struct ksh_rec a;
   int rc = ksh__get(p->txn, p->ks->harvested, p->key, &av, &a);
   *write = true;
-  if (rc == SG_ENOTFOUND || rc == SG_ECORRUPT || (rc == 0 && !ksh__parses(&a))) {
-    *out = KEYSTORE_HARVEST_ADDED;
-    return ksh__put_new(p, rc == SG_ENOTFOUND ? 0 : strlen(p->key) + av.mv_size);
-  }
+  if (rc == SG_ENOTFOUND || rc == SG_ECORRUPT || (rc == 0 && !ksh__parses(&a)))
+    return ksh__put_new(p, rc == SG_ENOTFOUND ? 0 : strlen(p->key) + av.mv_size, out);
   if (rc) return ksh__read_fail(p, rc);
   size_t a_size = strlen(p->key) + av.mv_size;
   if (ksh__same_der(&a, p->der, p->der_len)) {
@@ -496,7 +518,7 @@ static int64_t ksh__time(const ASN1_TIME *t) {
 int keystore_harvest_put(struct keystore *ks, const char *key, X509 *cert, unsigned caps, time_t now,
                          const struct keystore_harvest_opts *o, enum keystore_harvest_outcome *outcome_out,
                          size_t *evicted_out, char *err, size_t errlen) {
-  static const struct keystore_harvest_opts defaults = {false, 0};
+  static const struct keystore_harvest_opts defaults = {false, 0, false};
   size_t evicted = 0;
   if (evicted_out) *evicted_out = 0;
   char lkey[KS_ID_MAX + 1];

@@ -48,6 +48,9 @@ int ks__commit(struct keystore *ks, MDB_txn *txn, bool bump, char *err, size_t e
 void ks__lower(const char *in, char *out);
 /* Valid at now and fit for encryption (R13). */
 bool ks__usable(X509 *x, time_t now);
+/* A managed key answering for key (an address: its e-mail tier, then its
+ * domain's; a domain: the domain tier) at now, or NULL (*out, the caller's). */
+int ks__managed_answer(struct keystore *ks, MDB_txn *txn, const char *key, time_t now, X509 **out);
 /* What add, import and harvest require of a certificate. */
 int ks__cert_check(X509 *x, char *err, size_t errlen);
 /* Store x as the managed key name (SG_EEXIST unless replace). */

@@ -177,6 +177,19 @@ static bool field_is(const char *p, size_t n, const char *name) {
   return i < n && p[i] == ':';
 }
 
+/* How many fields called name the header block p[0..n) holds. */
+static size_t field_count(const char *p, size_t n, const char *name) {
+  size_t count = 0;
+  while (n) {
+    size_t eol, k = line_next(p, n, &eol);
+    if (k == 0) break;
+    if (p[0] != ' ' && p[0] != '\t' && field_is(p, k, name)) count++;
+    p += k + eol;
+    n -= k + eol;
+  }
+  return count;
+}
+
 struct header_split {
   struct buf outer;   /* CRLF-terminated fields that stay outside */
   struct buf ehdr;    /* the entity's Content-* fields, CRLF-terminated */
@@ -552,6 +565,27 @@ static const char *first_addr(InternetAddressList *list) {
   return NULL;
 }
 
+/* Mailboxes in a list, groups' members included. */
+static int count_addrs(InternetAddressList *list) {
+  int n = list ? internet_address_list_length(list) : 0, total = 0;
+  for (int i = 0; i < n; i++) {
+    InternetAddress *a = internet_address_list_get_address(list, i);
+    total += INTERNET_ADDRESS_IS_MAILBOX(a) ? 1 : count_addrs(internet_address_group_get_members(INTERNET_ADDRESS_GROUP(a)));
+  }
+  return total;
+}
+
+bool mime_from_single(const char *outer, size_t outer_len) {
+  if (!outer || field_count(outer, outer_len, "from") != 1) return false;
+  mime_init();
+  char *value = from_value(outer, outer_len);
+  InternetAddressList *list = value ? internet_address_list_parse(NULL, value) : NULL;
+  bool one = count_addrs(list) == 1;
+  if (list) g_object_unref(list);
+  free(value);
+  return one;
+}
+
 void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t cap) {
   if (!buf || cap == 0) return;
   buf[0] = '\0';
@@ -652,6 +686,8 @@ int mime_entity_info(const char *entity, size_t len, struct mime_entity_info *ou
   snprintf(out->type, sizeof out->type, "text/plain");
   char *ct = field_value(entity, out->body_off, "content-type");
   char *cte = field_value(entity, out->body_off, "content-transfer-encoding");
+  out->ambiguous = field_count(entity, out->body_off, "content-type") > 1 ||
+                   field_count(entity, out->body_off, "content-transfer-encoding") > 1;
   if (cte) lower_copy(out->cte, sizeof out->cte, g_strstrip(cte));
   GMimeContentType *t = ct ? g_mime_content_type_parse(NULL, ct) : NULL;
   if (t && g_mime_content_type_get_media_type(t) && g_mime_content_type_get_media_subtype(t)) {

@@ -60,6 +60,10 @@ void mime_split_free(struct mime_split *s);
  * cap bytes. */
 void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t cap);
 
+/* Exactly one From: field, naming exactly one mailbox?  A signature can
+ * only vouch for a sender readers cannot see two ways. */
+bool mime_from_single(const char *outer, size_t outer_len);
+
 /* ---- the incoming side: reading what a sender made, byte for byte ---- */
 
 /* Like mime_split, but the entity's body is kept exactly as received (a
@@ -79,6 +83,8 @@ struct mime_entity_info {
   char name[96];       /* name parameter */
   char boundary[80];   /* boundary parameter, case kept (RFC 2046: at most 70) */
   char cte[32];        /* Content-Transfer-Encoding */
+  bool ambiguous;      /* Content-Type or Content-Transfer-Encoding appears twice:
+                          readers may take either, so nothing about it can be vouched for */
 };
 int mime_entity_info(const char *entity, size_t len, struct mime_entity_info *out);
 

@@ -325,6 +325,11 @@ static int verify__cb(int ok, X509_STORE_CTX *ctx) {
  */
 static int verify__chain(const struct verify_trust *t, X509 *signer, STACK_OF(X509) *certs,
                          const struct verify_params *p, struct verify__judgement *j) {
+  if (t == NULL) { /* no anchors at all (verify_params allows it): nobody is trusted */
+    j->problems |= VERIFY__UNTRUSTED;
+    j->chain_ok = false;
+    return 0;
+  }
   X509_STORE_CTX *ctx = X509_STORE_CTX_new();
   if (ctx == NULL || X509_STORE_CTX_init(ctx, t->store, signer, certs) != 1) {
     X509_STORE_CTX_free(ctx);
@@ -357,7 +362,7 @@ static int verify__chain(const struct verify_trust *t, X509 *signer, STACK_OF(X5
 }
 
 static bool verify__is_managed(const struct verify_trust *t, X509 *x) {
-  for (int i = 0; i < sk_X509_num(t->managed); i++)
+  for (int i = 0; t != NULL && i < sk_X509_num(t->managed); i++)
     if (X509_cmp(sk_X509_value(t->managed, i), x) == 0) return true;
   return false;
 }
@@ -494,7 +499,7 @@ static enum verify__sig verify__signature(CMS_SignerInfo *si, BIO *cmsbio, const
  * managed list is searched only when needed: it may be long. */
 static void verify__find_signers(CMS_ContentInfo *cms, const struct verify_trust *t) {
   int found = CMS_set1_signers_certs(cms, NULL, 0);
-  if (found < sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) && sk_X509_num(t->managed) > 0)
+  if (t != NULL && found < sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) && sk_X509_num(t->managed) > 0)
     CMS_set1_signers_certs(cms, t->managed, CMS_NOINTERN);
   ERR_clear_error();
 }

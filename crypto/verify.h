@@ -60,7 +60,7 @@ struct verify_limits {
 #define VERIFY_LIMITS_DEFAULT {4, 16, 8192, 2048}
 
 struct verify_params {
-  const struct verify_trust *trust;
+  const struct verify_trust *trust;   /* NULL: no anchors (every signer untrusted) */
   const struct verify_limits *limits; /* NULL: VERIFY_LIMITS_DEFAULT */
   const char *from;       /* the From address (bare addr-spec), NULL if none */
   bool revocation_hard;   /* status unknown (no CRL for an issuer) is a policy failure */

@@ -27,7 +27,7 @@ int main(int argc, char **argv) {
   if (argc < 4) return usage();
   time_t now = time(NULL);
   unsigned caps = 0;
-  struct keystore_harvest_opts o = {false, 0};
+  struct keystore_harvest_opts o = {false, 0, false};
   for (int i = 4; i < argc; i++) {
     if (strcmp(argv[i], "--updated-keys") == 0) o.updated_keys = true;
     else if (i + 1 >= argc) return usage();

@@ -411,6 +411,31 @@ static void test_gcm_flipped_tag_refused(void **state) {
   free(der);
 }
 
+/* A GCM tag cut to one octet: OpenSSL 3.0 would check just that octet
+ * (a forgery in 256 tries).  The mac must be the announced aes-ICVlen, 12
+ * to 16 octets: refused before any key work, nothing in the sink.  With
+ * -stream the BER has indefinite lengths, so the mac (04 10, 16 octets)
+ * sits just before the three end-of-contents pairs and can be cut. */
+static void test_gcm_short_tag_refused(void **state) {
+  (void)state;
+  size_t len;
+  unsigned char *der = encrypt_cli(&len, "-aes-256-gcm -stream org.pem");
+  size_t off = len - 6 - 18;
+  assert_int_equal(der[off], 0x04);
+  assert_int_equal(der[off + 1], 0x10);
+  for (size_t i = len - 6; i < len; i++) assert_int_equal(der[i], 0);
+  der[off + 1] = 1;
+  memmove(der + off + 3, der + len - 6, 6);
+  len = off + 3 + 6;
+  struct result r;
+  decrypt_default(der, len, &r);
+  assert_int_equal(r.rc, SG_EPERM);
+  assert_non_null(strstr(r.detail, "GCM tag of 1 octets"));
+  assert_int_equal(r.out_len, 0);
+  result_free(&r);
+  free(der);
+}
+
 /* The ciphertext of an EnvelopedData: proves that it is the last ct_len
  * bytes of the DER (a primitive [0] at the end) and returns its length. */
 static size_t cbc_ciphertext_at_end(const unsigned char *der, size_t len) {
@@ -833,6 +858,7 @@ int main(void) {
       cmocka_unit_test(test_keyid_recipient_opens),
       cmocka_unit_test(test_ec_key_agreement_opens),
       cmocka_unit_test(test_gcm_flipped_tag_refused),
+      cmocka_unit_test(test_gcm_short_tag_refused),
       cmocka_unit_test(test_cbc_bad_padding_refused),
       cmocka_unit_test(test_cbc_flip_decrypts_to_garbage),
       cmocka_unit_test(test_gcm_in_enveloped_refused),

@@ -739,7 +739,7 @@ static const char *outcome_name(enum keystore_harvest_outcome o) {
 /* keystore_harvest_put that must succeed; its outcome. */
 static enum keystore_harvest_outcome hput(struct keystore *ks, const char *key, X509 *x, unsigned caps, time_t now,
                                           bool updated_keys) {
-  struct keystore_harvest_opts o = {updated_keys, 0};
+  struct keystore_harvest_opts o = {updated_keys, 0, false};
   enum keystore_harvest_outcome out = (enum keystore_harvest_outcome)-1;
   char err[512] = "";
   int rc = keystore_harvest_put(ks, key, x, caps, now, &o, &out, NULL, err, sizeof err);
@@ -957,8 +957,9 @@ static void test_harvest_managed_beats_harvested(void **state) {
   struct fx *f = *state;
   X509 *managed = hcert("email:hal@h.example", -5, 1), *harvested = hcert("email:hal@h.example", -1, 2);
   add_ok(f->ks, "hal", managed);
+  /* A managed key answers for the address: the harvested one is held. */
   expect_outcome(hput(f->ks, "hal@h.example", harvested, KEYSTORE_CAP_AES256_GCM, time(NULL), false),
-                 KEYSTORE_HARVEST_ADDED);
+                 KEYSTORE_HARVEST_HELD);
   X509 *x = NULL;
   unsigned caps = 99;
   assert_int_equal(keystore_lookup(f->ks, "hal@h.example", time(NULL), &x, &caps), 0);
@@ -967,6 +968,44 @@ static void test_harvest_managed_beats_harvested(void **state) {
   X509_free(x);
   X509_free(managed);
   X509_free(harvested);
+}
+
+/* A managed domain key (a partner's gateway) answers for every address of
+ * the domain: a harvested address key would outrank it, so it is held. */
+static void test_harvest_shadowed_by_managed_domain_is_held(void **state) {
+  struct fx *f = *state;
+  X509 *gw = hcert("DNS:partner.example", -5, 1), *bob = hcert("email:bob@partner.example", -1, 2);
+  add_ok(f->ks, "partner-gw", gw);
+  expect_outcome(hput(f->ks, "bob@partner.example", bob, 0, time(NULL), false), KEYSTORE_HARVEST_HELD);
+  expect_found(f->ks, "bob@partner.example", gw);
+  struct hrecs r = hget(f->ks, "bob@partner.example");
+  assert_null(r.active);
+  assert_true(r.held && same_cert(r.held, bob));
+  hrecs_free(&r);
+  /* The same certificate again: still held, nothing new written. */
+  unsigned long g = generation(f->ks);
+  expect_outcome(hput(f->ks, "bob@partner.example", bob, 0, time(NULL), false), KEYSTORE_HARVEST_HELD);
+  assert_int_equal(generation(f->ks), g);
+  X509_free(gw);
+  X509_free(bob);
+}
+
+/* A certificate whose chain did not validate (harvest.self_signed) may
+ * fill a gap but never replace a known key, even newer, with updated_keys. */
+static void test_harvest_unvalidated_never_replaces(void **state) {
+  struct fx *f = *state;
+  time_t t = time(NULL);
+  X509 *old = hcert("email:una@u.example", -5, 1), *newer = hcert("email:una@u.example", -1, 2);
+  struct keystore_harvest_opts o = {true, 0, true};
+  enum keystore_harvest_outcome out;
+  char err[256];
+  assert_int_equal(keystore_harvest_put(f->ks, "una@u.example", old, 0, t, &o, &out, NULL, err, sizeof err), 0);
+  expect_outcome(out, KEYSTORE_HARVEST_ADDED);
+  assert_int_equal(keystore_harvest_put(f->ks, "una@u.example", newer, 0, t, &o, &out, NULL, err, sizeof err), 0);
+  expect_outcome(out, KEYSTORE_HARVEST_HELD);
+  expect_found(f->ks, "una@u.example", old);
+  X509_free(old);
+  X509_free(newer);
 }
 
 static void test_harvest_email_tier_beats_domain(void **state) {
@@ -1026,7 +1065,7 @@ static void test_harvest_eviction_lru(void **state) {
     c[i] = make((struct spec){.key = ec_key, .san = san, .ku = EC_ENC, .serial = i + 1});
     if (i < 5) sizes += strlen(key[i]) + 41 + (size_t)i2d_X509(c[i], NULL); /* key + record (keystore_harvest.c) */
   }
-  struct keystore_harvest_opts o = {false, sizes + 8}; /* five fit, six do not */
+  struct keystore_harvest_opts o = {false, sizes + 8, false}; /* five fit, six do not */
   enum keystore_harvest_outcome out;
   size_t evicted = 99;
   char err[256] = "";
@@ -1098,7 +1137,7 @@ static void test_harvest_promote_refusals(void **state) {
 static void test_harvest_refuses_foreign_certificate(void **state) {
   struct fx *f = *state;
   X509 *x = hcert("email:ned@h.example", -1, 1);
-  struct keystore_harvest_opts o = {false, 0};
+  struct keystore_harvest_opts o = {false, 0, false};
   enum keystore_harvest_outcome out;
   char err[256] = "";
   assert_int_equal(keystore_harvest_put(f->ks, "other@h.example", x, 0, time(NULL), &o, &out, NULL, err, sizeof err),
@@ -1115,18 +1154,18 @@ static void test_generation_counts_writes(void **state) {
   struct fx *f = *state;
   time_t t = time(NULL);
   assert_int_equal(generation(f->ks), 0);
-  X509 *x = hcert("email:olga@h.example", -1, 1), *y = hcert("email:olga@h.example", -2, 2);
+  X509 *x = hcert("email:olga@h.example", -1, 1), *y = hcert("email:pia@h.example", -2, 2);
   add_ok(f->ks, "olga", x);
   assert_int_equal(generation(f->ks), 1);
   char err[256];
   assert_int_equal(keystore_pubkey_add(f->ks, "olga", x, err, sizeof err), SG_EEXIST);
   assert_int_equal(generation(f->ks), 1);
-  hput(f->ks, "olga@h.example", y, 0, t, false);
+  hput(f->ks, "pia@h.example", y, 0, t, false);
   assert_int_equal(generation(f->ks), 2);
-  char *keys[] = {"olga@h.example"};
+  char *keys[] = {"pia@h.example"};
   assert_int_equal(keystore_harvest_touch(f->ks, keys, 1, t + HOUR), 0);
   assert_int_equal(generation(f->ks), 2);
-  struct hrecs r = hget(f->ks, "olga@h.example");
+  struct hrecs r = hget(f->ks, "pia@h.example");
   assert_int_equal(r.last_used, t + HOUR); /* the touch did write */
   hrecs_free(&r);
   STACK_OF(X509) *sk = sk_X509_new_null();
@@ -1218,6 +1257,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_harvest_no_alert_after_48h, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_harvest_held_never_returned, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_harvest_managed_beats_harvested, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_shadowed_by_managed_domain_is_held, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_harvest_unvalidated_never_replaces, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_harvest_email_tier_beats_domain, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_harvest_caps_round_trip, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_harvest_eviction_lru, fx_setup, fx_teardown),

@@ -285,6 +285,8 @@ def test_forged_results_removed():
     with Inbound() as s:
         forged = ["Authentication-Results: gw.test.example; smime=pass body.smime-identifier=ceo@example.com",
                   "Authentication-Results: (comment) GW.TEST.EXAMPLE;\r\n\tsmime=pass",
+                  "Authentication-Results: \"gw.test.example\"; smime=pass",
+                  "Authentication-Results: (x \\) y) gw.test.example; smime=pass",
                   "Authentication-Results: mx.elsewhere.example; spf=pass"]
         got = s.deliver(message(b"Content-Type: text/plain\r\n\r\nno signature here\r\n", extra=forged))
         assert smime_result(got) == ("none", None, None)
@@ -364,14 +366,42 @@ def test_encrypt_then_sign():
 
 
 def test_disabled_flow_relays_unchanged():
-    """smime_decrypt_verify false: nothing is opened, no header added."""
+    """smime_decrypt_verify false: nothing is opened, no header added; a
+    result claiming our host name is still removed (any incoming mail)."""
     with Inbound(flow="") as s:
         s.gw.edit_config("    smime_decrypt_verify: true\n", "    smime_decrypt_verify: false\n")
         sgtest.sealctl_ok(s.gw, "reload")
-        msg = message(encrypt(entity(), s.org))
+        msg = message(encrypt(entity(), s.org), extra=["Authentication-Results: gw.test.example; smime=pass"])
         got = s.deliver(msg)
         assert auth_results(got) == []
         assert body_text(got) == body_text(msg)
+
+
+def test_inner_headers_not_spliced():
+    """EFAIL-style splicing: a decrypted (or signed) entity's own From,
+    Subject or result header never becomes the message's: only its
+    Content-* fields are taken."""
+    with Inbound() as s:
+        inner = ("From: <ceo@example.com>\r\nSubject: wire the money\r\n"
+                 "Authentication-Results: gw.test.example; smime=pass body.smime-identifier=ceo@example.com\r\n"
+                 "Content-Type: text/plain\r\n\r\n" + TEXT).encode()
+        got = s.deliver(message(encrypt(inner, s.org)))
+        head = got.split(b"\r\n\r\n", 1)[0]
+        assert b"ceo@example.com" not in head and b"wire the money" not in head, head
+        assert len(re.findall(rb"(?im)^From:", head)) == 1
+        assert smime_result(got) == ("none", None, None)
+        assert body_text(got) == TEXT.encode()
+
+
+def test_two_from_fields_never_pass():
+    """A signature cannot vouch for a sender shown two ways: two From
+    fields, or one From with two mailboxes, is policy no-from."""
+    with Inbound() as s:
+        signed = sign(entity(), *s.alice)
+        got = s.deliver(message(signed, extra=["From: <ceo@example.com>"]))
+        assert smime_result(got)[:2] == ("policy", "no-from"), auth_results(got)
+        got = s.deliver(message(signed, sender="%s>, <ceo@example.com" % ALICE, mid="m3@partner.example"))
+        assert smime_result(got)[:2] == ("policy", "no-from"), auth_results(got)
 
 
 def main():
@@ -382,7 +412,7 @@ def main():
         test_forged_results_removed,
         test_encrypted_cbc_decrypts, test_encrypted_gcm_decrypts, test_gcm_flipped_tag_releases_nothing,
         test_wrong_key_is_permerror, test_sign_then_encrypt, test_triple_wrapped, test_encrypt_then_sign,
-        test_disabled_flow_relays_unchanged,
+        test_disabled_flow_relays_unchanged, test_inner_headers_not_spliced, test_two_from_fields_never_pass,
     ])
 
 
