@@ -92,13 +92,18 @@ static unsigned long in__hash(const char *s) {
 }
 
 /* May we try to decrypt for this sender (fail false), or count a failure
- * (fail true)?  A slot shared by two senders only makes the guard stricter. */
+ * (fail true)?  Senders whose hashes share a slot share its count within
+ * a window (stricter, never looser: a new sender does not reset it).
+ * The From address is the sender's to choose, so this bounds one
+ * careless or hostile sender, not an attacker who rotates addresses: what
+ * keeps the oracle closed is that the result never goes back to the
+ * sender (one generic permerror, never a bounce). */
 static bool in__guard(struct incoming_guard *g, const char *sender, time_t now, bool fail) {
   if (!g) return true;
   unsigned long h = in__hash(sender);
   pthread_mutex_lock(&g->mu);
   __typeof__(g->slot[0]) *s = &g->slot[h % GUARD_SLOTS];
-  if (s->hash != h || now - s->start > INCOMING_GUARD_WINDOW) {
+  if (s->hash == 0 || now - s->start > INCOMING_GUARD_WINDOW) {
     if (!fail) {
       pthread_mutex_unlock(&g->mu);
       return true;

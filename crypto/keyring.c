@@ -282,23 +282,57 @@ static void keyring__used(void *arg, const char *key) {
   if (dup && buf_append(b, &dup, sizeof dup) != 0) free(dup);
 }
 
-/* The store changed behind the cache (sealctl, or our own harvest): drop
- * it.  Every few minutes, the use times of harvested keys served. */
+/* Use times of harvested keys, written on a crypto worker: a commit
+ * fsyncs, and the main loop must not wait for it (nor for a worker's
+ * harvest holding LMDB's write lock). */
+struct keyring_touch {
+  struct cryptopool_job job; /* first */
+  struct keystore *ks;
+  char **keys;               /* owned, strdup'ed */
+  size_t n;
+};
+
+static void keyring__touch_run(struct cryptopool_job *job, struct hsm_worker *w) {
+  (void)w;
+  struct keyring_touch *t = (struct keyring_touch *)job;
+  if (keystore_harvest_touch(t->ks, t->keys, t->n, time(NULL)) != 0)
+    log_warn("cannot record the use of %zu harvested key(s)", t->n);
+  for (size_t i = 0; i < t->n; i++) free(t->keys[i]);
+  free(t->keys);
+  free(t);
+}
+
+static void keyring__touch(struct keyring *k) {
+  struct buf used = BUF_INIT;
+  keycache_collect_used(k->cache, keyring__used, &used);
+  struct keyring_touch *t = used.len ? calloc(1, sizeof *t) : NULL;
+  size_t n = used.len / sizeof(char *);
+  if (t) {
+    *t = (struct keyring_touch){{NULL, keyring__touch_run}, k->keys, (char **)buf_steal(&used, NULL), n};
+    if (t->keys && keyring_submit(k, &t->job) == 0) return;
+    used.data = (char *)t->keys; /* not submitted: freed below, the marks are lost (a use time, no more) */
+    free(t);
+  }
+  for (size_t i = 0; i < n; i++) free(((char **)used.data)[i]);
+  free(used.data);
+}
+
+/* The store changed behind the cache (sealctl, or a harvest the cache did
+ * not follow): rebuild the anchors (a CA list or managed key may have
+ * gone) and drop the cache, whether or not the token answers.  Every few
+ * minutes, the use times of harvested keys served. */
 static void keyring__store_tick(struct keyring *k) {
   unsigned long gen;
   if (!k->cache || keystore_generation(k->keys, &gen) != 0) return;
   if (gen != keycache_generation(k->cache)) {
-    keycache_flush(k->cache);
-    keycache_set_generation(k->cache, gen);
+    char err[256];
+    if (!k->cfg || keyring__store_changed(k, k->cfg, err, sizeof err) != 0) {
+      keycache_flush(k->cache); /* anchors kept as they were: the log says why */
+      keycache_set_generation(k->cache, gen);
+      if (k->cfg) log_err("key store changed, but its anchors cannot be rebuilt: %s", err);
+    }
   }
-  if (++k->ticks % KEYRING_TOUCH_TICKS) return;
-  struct buf used = BUF_INIT;
-  keycache_collect_used(k->cache, keyring__used, &used);
-  char **keys = (char **)used.data;
-  size_t n = used.len / sizeof *keys;
-  if (n && keystore_harvest_touch(k->keys, keys, n, time(NULL)) != 0) log_warn("cannot record the use of %zu harvested key(s)", n);
-  for (size_t i = 0; i < n; i++) free(keys[i]);
-  buf_free(&used);
+  if (++k->ticks % KEYRING_TOUCH_TICKS == 0) keyring__touch(k);
 }
 
 void keyring_tick(struct keyring *k) {
@@ -399,7 +433,7 @@ int keyring_incoming(struct keyring *k, struct keyring_incoming *out) {
   for (size_t i = 0; k->certs && i < k->certs->n; i++) n += k->certs->entries[i].n_keys;
   out->keys = calloc(n ? n : 1, sizeof *out->keys + sizeof(struct hsm_keyref));
   struct hsm_keyref *refs = out->keys ? (struct hsm_keyref *)(out->keys + (n ? n : 1)) : NULL;
-  for (size_t i = 0; refs && i < k->certs->n; i++) {
+  for (size_t i = 0; refs && k->certs && i < k->certs->n; i++) {
     for (size_t j = 0; j < k->certs->entries[i].n_keys; j++) {
       const struct certstore_key *key = &k->certs->entries[i].keys[j];
       if (!key->cert || !key->has_private) continue;

@@ -750,6 +750,9 @@ int mime_multipart_parts(const char *body, size_t len, const char *boundary, str
 }
 
 int mime_base64_decode(const char *p, size_t n, struct buf *out) {
+  /* OpenSSL's decoder stops quietly at '-' (a PEM end line): base64 never
+   * has one, so it is an error rather than a silent truncation. */
+  if (memchr(p, '-', n)) return SG_EINVAL;
   EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
   if (!ctx) return SG_ENOMEM;
   int rc = buf_reserve(out, n / 4 * 3 + 3);

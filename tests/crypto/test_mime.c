@@ -652,6 +652,8 @@ static void test_base64_decode_lines(void **state) {
   buf_free(&b);
   assert_int_equal(mime_base64_decode("!!notbase64**", 13, &b), SG_EINVAL);
   buf_free(&b);
+  assert_int_equal(mime_base64_decode("QUJD-REVG", 9, &b), SG_EINVAL); /* no silent stop at '-' */
+  buf_free(&b);
 }
 
 static void test_crlf_only_when_needed(void **state) {
