@@ -23,9 +23,11 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -862,4 +864,21 @@ int cert_to_pem(X509 *x, char **pem_out) {
   BIO_free(b);
   ERR_clear_error();
   return rc;
+}
+
+bool cert_email_matches(const char *san, const char *addr) {
+  const char *sat = strrchr(san, '@'), *aat = strrchr(addr, '@');
+  if (!sat || !aat || sat - san != aat - addr || strcasecmp(sat + 1, aat + 1) != 0) return false;
+  size_t local = (size_t)(aat - addr);
+  if (memcmp(san, addr, local) == 0) return true;
+  for (size_t i = 0; i < local; i++)
+    if (san[i] != tolower((unsigned char)addr[i])) return false;
+  return true;
+}
+
+bool cert_dns_matches(const char *san, const char *domain) {
+  if (strcasecmp(san, domain) == 0) return true;
+  if (san[0] != '*' || san[1] != '.' || !strchr(san + 2, '.')) return false;
+  const char *dot = strchr(domain, '.');
+  return dot && dot != domain && strcasecmp(dot + 1, san + 2) == 0;
 }

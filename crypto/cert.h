@@ -97,6 +97,20 @@ unsigned cert_uses(X509 *x);
 /* Whole days from now until notAfter (negative once expired). */
 long cert_days_left(X509 *x, time_t now);
 
+/*
+ * Naming rules shared by the key store (lookups), verification (signer vs
+ * From) and harvesting, so the three never disagree:
+ * cert_email_matches: a certificate's e-mail (SAN rfc822Name or subject
+ *   emailAddress) names addr: the domain compared case-insensitively, the
+ *   local part exactly, or as addr's lower-cased (certificates carry lower
+ *   case, senders often do not; RFC 5321 lets a mailbox be case-sensitive).
+ * cert_dns_matches: a SAN DNS name covers domain: exactly (any case), or an
+ *   RFC 6125 wildcard "*.parent" for one more leftmost label, never over a
+ *   single-label parent ("*.com").
+ */
+bool cert_email_matches(const char *san, const char *addr);
+bool cert_dns_matches(const char *san, const char *domain);
+
 /* Everything `cert show` prints.  Fill with cert_info_get, release with
  * cert_info_free.  Times are ISO 8601 UTC ("2026-11-29T10:00:00Z"). */
 struct cert_info {

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include <openssl/asn1.h>
+#include <openssl/buffer.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -484,4 +485,17 @@ int decrypt_cms(struct hsm_worker *w, const unsigned char *der, size_t len, cons
   CMS_ContentInfo_free(c.cms);
   ERR_clear_error();
   return rc;
+}
+
+BIO *decrypt_sink_mem(size_t der_len) {
+  BIO *b = BIO_new(BIO_s_mem());
+  BUF_MEM *bm = b ? BUF_MEM_new() : NULL;
+  if (!bm || !BUF_MEM_grow(bm, der_len ? der_len : 1)) {
+    BUF_MEM_free(bm);
+    BIO_free(b);
+    return NULL;
+  }
+  bm->length = 0;
+  BIO_set_mem_buf(b, bm, BIO_CLOSE);
+  return b;
 }

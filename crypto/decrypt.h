@@ -86,4 +86,9 @@ int decrypt_cms(struct hsm_worker *w, const unsigned char *der, size_t len, cons
                 size_t n_keys, const struct decrypt_limits *lim, BIO *sink, const char **kind_out,
                 char *detail, size_t dlen);
 
+/* A memory sink for the plaintext of a der_len-byte CMS, sized once (the
+ * plaintext is never longer than the DER; a memory BIO that grows would
+ * re-allocate, and wipe, each time).  NULL without memory; BIO_free it. */
+BIO *decrypt_sink_mem(size_t der_len);
+
 #endif

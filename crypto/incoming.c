@@ -30,11 +30,11 @@
 #include <unistd.h>
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
-#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/objects.h>
 
 #include "core/sgerr.h"
+#include "crypto/cert.h"
 #include "crypto/mime.h"
 
 enum in_kind { IN_NONE, IN_DETACHED, IN_OPAQUE, IN_ENVELOPED };
@@ -266,18 +266,7 @@ static BIO *in__sink(const struct incoming_request *rq, size_t der_len, int *fd_
       return BIO_new_fd(fd, BIO_NOCLOSE);
     }
   }
-  /* Sized once: the plaintext is never longer than the DER, and a memory
-   * BIO that grows re-allocates (and wipes) each time. */
-  BIO *b = BIO_new(BIO_s_mem());
-  BUF_MEM *bm = b ? BUF_MEM_new() : NULL;
-  if (!bm || !BUF_MEM_grow(bm, der_len ? der_len : 1)) {
-    BUF_MEM_free(bm);
-    BIO_free(b);
-    return NULL;
-  }
-  bm->length = 0;
-  BIO_set_mem_buf(b, bm, BIO_CLOSE);
-  return b;
+  return decrypt_sink_mem(der_len);
 }
 
 static int in__sink_read(BIO *sink, int fd, struct buf *out) {
@@ -547,10 +536,7 @@ void incoming_process(struct hsm_worker *w, const struct incoming_request *rq, s
 static bool in__proves_from(const struct verify_result *v, const char *from) {
   const char *at = strrchr(from, '@');
   if (!at) return false;
-  if (!v->identity_is_domain) return strcasecmp(v->identity, from) == 0;
-  if (v->identity[0] != '*') return strcasecmp(v->identity, at + 1) == 0;
-  const char *dot = strchr(at + 1, '.');
-  return dot && dot != at + 1 && strcasecmp(dot, v->identity + 1) == 0;
+  return v->identity_is_domain ? cert_dns_matches(v->identity, at + 1) : cert_email_matches(v->identity, from);
 }
 
 bool incoming_may_harvest(const struct config_flow_policy *flow, const struct incoming_result *res, char *key,

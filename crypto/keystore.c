@@ -690,30 +690,17 @@ int keystore_pubkey_import(struct keystore *ks, FILE *f, const char *fname,
 
 /* ---- lookup ----------------------------------------------------------------- */
 
-/* Does x name the address?  Domain case-insensitively; the local part
- * exactly (RFC 5321 lets a mailbox be case-sensitive), or as the
- * recipient's local part lower-cased, since certificates almost always
- * carry lower-case addresses and senders often do not. */
-static bool ks__email_matches(const char *san, const char *addr, size_t local_len) {
-  const char *at = strrchr(san, '@');
-  if (!at || (size_t)(at - san) != local_len || strcasecmp(at + 1, addr + local_len + 1) != 0) return false;
-  if (memcmp(san, addr, local_len) == 0) return true;
-  for (size_t i = 0; i < local_len; i++)
-    if (san[i] != tolower((unsigned char)addr[i])) return false;
-  return true;
-}
 
 struct ks_match {
   enum ks_kind kind;
   const char *addr;   /* KS_EMAIL: the recipient, as given */
-  size_t local_len;
   const char *domain; /* KS_DOMAIN: the index key probed ("*.x.y" or "a.x.y") */
 };
 
 static int ks__match_id(void *arg, enum ks_kind kind, const char *id) {
   const struct ks_match *m = arg;
   if (kind != m->kind) return 0;
-  return kind == KS_EMAIL ? ks__email_matches(id, m->addr, m->local_len) : strcasecmp(id, m->domain) == 0;
+  return kind == KS_EMAIL ? cert_email_matches(id, m->addr) : strcasecmp(id, m->domain) == 0;
 }
 
 /* Validity at now and fitness for encryption (R13: cert_uses judges). */
@@ -758,10 +745,10 @@ static int ks__lookup(struct keystore *ks, MDB_txn *txn, enum keystore_tier tier
   char key[KS_ID_MAX + 1];
   ks__lower(addr, key);
   if (tier == KEYSTORE_TIER_EMAIL) {
-    struct ks_match m = {KS_EMAIL, addr, (size_t)(at - addr), NULL};
+    struct ks_match m = {KS_EMAIL, addr, NULL};
     return ks__probe(ks, txn, ks->by_email, key, &m, now, best);
   }
-  struct ks_match m = {KS_DOMAIN, NULL, 0, key};
+  struct ks_match m = {KS_DOMAIN, NULL, key};
   int rc = ks__probe(ks, txn, ks->by_domain, key, &m, now, best);
   if (rc || *best) return rc;
   /* "*.example.com" for a.example.com: one more leftmost label, and never

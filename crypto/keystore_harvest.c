@@ -203,10 +203,7 @@ struct ksh_names {
 static int ksh__names_one(void *arg, enum ks_kind kind, const char *id) {
   const struct ksh_names *n = arg;
   if (n->email) return kind == KS_EMAIL && strcasecmp(id, n->key) == 0;
-  if (kind != KS_DOMAIN) return 0;
-  if (strcasecmp(id, n->key) == 0) return 1;
-  const char *parent = strchr(n->key, '.');
-  return id[0] == '*' && id[1] == '.' && parent && strchr(parent + 1, '.') && strcasecmp(id + 1, parent) == 0;
+  return kind == KS_DOMAIN && cert_dns_matches(id, n->key);
 }
 
 /* A certificate filed under a key it does not name would be served for a

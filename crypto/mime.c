@@ -530,26 +530,27 @@ void mime_split_free(struct mime_split *s) {
 /* ------------------------------------------------------------------------ */
 /* mime_from_address                                                        */
 
-/* The unfolded value of the first From: field, or NULL. */
-static char *from_value(const char *p, size_t n) {
+
+/* The unfolded value of the first field called name in the header block
+ * p[0..n) (which ends at the empty line or at n), or NULL. */
+static char *field_value(const char *p, size_t n, const char *name) {
   struct buf v = BUF_INIT;
-  bool in_from = false;
+  bool in = false;
   while (n) {
     size_t eol, k = line_next(p, n, &eol);
-    bool cont = k && (p[0] == ' ' || p[0] == '\t');
+    if (k == 0) break; /* the empty line: end of the header */
+    bool cont = p[0] == ' ' || p[0] == '\t';
     size_t skip = 0;
-    if (in_from && !cont) break;
-    if (!in_from && !cont && field_is(p, k, "from")) {
-      in_from = true;
+    if (in && !cont) break;
+    if (!in && !cont && field_is(p, k, name)) {
+      in = true;
       skip = (size_t)((const char *)memchr(p, ':', k) - p) + 1;
     }
-    /* Unfolding is removing the line ends (RFC 5322 2.2.3). */
-    if (in_from && buf_append(&v, p + skip, k - skip)) break;
+    if (in && buf_append(&v, p + skip, k - skip)) break;
     p += k + eol;
     n -= k + eol;
   }
-  if (!in_from) return NULL;
-  return buf_steal(&v, NULL);
+  return in ? buf_steal(&v, NULL) : NULL;
 }
 
 /* The first mailbox of a list, looking inside groups. */
@@ -578,7 +579,7 @@ static int count_addrs(InternetAddressList *list) {
 bool mime_from_single(const char *outer, size_t outer_len) {
   if (!outer || field_count(outer, outer_len, "from") != 1) return false;
   mime_init();
-  char *value = from_value(outer, outer_len);
+  char *value = field_value(outer, outer_len, "from");
   InternetAddressList *list = value ? internet_address_list_parse(NULL, value) : NULL;
   bool one = count_addrs(list) == 1;
   if (list) g_object_unref(list);
@@ -591,7 +592,7 @@ void mime_from_address(const char *outer, size_t outer_len, char *buf, size_t ca
   buf[0] = '\0';
   if (!outer) return;
   mime_init();
-  char *value = from_value(outer, outer_len);
+  char *value = field_value(outer, outer_len, "from");
   if (!value) return;
   InternetAddressList *list = internet_address_list_parse(NULL, value);
   const char *addr = first_addr(list);
@@ -631,27 +632,6 @@ int mime_split_raw(const char *msg, size_t len, struct mime_split *out) {
   return rc;
 }
 
-/* The unfolded value of the first field called name in the header block
- * p[0..n) (which ends at the empty line or at n), or NULL. */
-static char *field_value(const char *p, size_t n, const char *name) {
-  struct buf v = BUF_INIT;
-  bool in = false;
-  while (n) {
-    size_t eol, k = line_next(p, n, &eol);
-    if (k == 0) break; /* the empty line: end of the header */
-    bool cont = p[0] == ' ' || p[0] == '\t';
-    size_t skip = 0;
-    if (in && !cont) break;
-    if (!in && !cont && field_is(p, k, name)) {
-      in = true;
-      skip = (size_t)((const char *)memchr(p, ':', k) - p) + 1;
-    }
-    if (in && buf_append(&v, p + skip, k - skip)) break;
-    p += k + eol;
-    n -= k + eol;
-  }
-  return in ? buf_steal(&v, NULL) : NULL;
-}
 
 static void lower_copy(char *dst, size_t cap, const char *s) {
   size_t i = 0;

@@ -376,29 +376,6 @@ static bool verify__set_identity(struct verify__judgement *j, const char *name, 
   return true;
 }
 
-/* Does a certificate e-mail name the From address?  Domain compared
- * case-insensitively; local part exactly, or as From's local part
- * lower-cased (certificates carry lower-case addresses, senders often do
- * not).  The same rule as the key store's e-mail tier. */
-static bool verify__email_matches(const char *san, const char *from) {
-  const char *sat = strrchr(san, '@'), *fat = strrchr(from, '@');
-  if (sat == NULL || fat == NULL || sat - san != fat - from || strcasecmp(sat + 1, fat + 1) != 0) return false;
-  size_t local = (size_t)(fat - from);
-  if (memcmp(san, from, local) == 0) return true;
-  for (size_t i = 0; i < local; i++)
-    if (san[i] != tolower((unsigned char)from[i])) return false;
-  return true;
-}
-
-/* Does a SAN DNS name cover the domain?  Exactly, or as an RFC 6125
- * wildcard "*.example.com" for one more leftmost label, never over a
- * single-label parent ("*.com"). */
-static bool verify__dns_matches(const char *san, const char *domain) {
-  if (strcasecmp(san, domain) == 0) return true;
-  if (san[0] != '*' || san[1] != '.' || strchr(san + 2, '.') == NULL) return false;
-  const char *dot = strchr(domain, '.');
-  return dot != NULL && dot != domain && strcasecmp(dot + 1, san + 2) == 0;
-}
 
 /* The subject's emailAddress values into v (at most cap), as C strings;
  * values with a NUL or too long to be an identity are skipped.  cert_info
@@ -425,11 +402,11 @@ static void verify__from(X509 *x, const struct cert_info *ci, const char *from, 
   const char *at = from != NULL ? strrchr(from, '@') : NULL;
   bool matched = false;
   for (size_t i = 0; at != NULL && !matched && i < ci->n_san_email; i++)
-    matched = verify__email_matches(ci->san_email[i], from) && verify__set_identity(j, ci->san_email[i], false);
+    matched = cert_email_matches(ci->san_email[i], from) && verify__set_identity(j, ci->san_email[i], false);
   for (size_t i = 0; at != NULL && !matched && i < n_subj; i++)
-    matched = verify__email_matches(subj[i], from) && verify__set_identity(j, subj[i], false);
+    matched = cert_email_matches(subj[i], from) && verify__set_identity(j, subj[i], false);
   for (size_t i = 0; at != NULL && !matched && i < ci->n_san_dns; i++)
-    matched = verify__dns_matches(ci->san_dns[i], at + 1) && verify__set_identity(j, ci->san_dns[i], true);
+    matched = cert_dns_matches(ci->san_dns[i], at + 1) && verify__set_identity(j, ci->san_dns[i], true);
   if (matched) return;
   j->problems |= from == NULL || from[0] == '\0' ? VERIFY__NO_FROM : VERIFY__FROM_MISMATCH;
   bool named = false;

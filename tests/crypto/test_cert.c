@@ -750,6 +750,24 @@ static int group_teardown(void **state) {
   return nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The naming rules the key store, verification and harvesting share. */
+static void test_name_matching_rules(void **state) {
+  (void)state;
+  assert_true(cert_email_matches("bob@example.com", "bob@EXAMPLE.com"));
+  assert_true(cert_email_matches("bob@example.com", "Bob@example.com")); /* sender's case, cert lower */
+  assert_true(cert_email_matches("Bob@example.com", "Bob@example.com"));
+  assert_false(cert_email_matches("Bob@example.com", "bob@example.com")); /* a mailbox may be case-sensitive */
+  assert_false(cert_email_matches("bob@example.com", "bobby@example.com"));
+  assert_false(cert_email_matches("bob@example.com", "bob@example.org"));
+  assert_false(cert_email_matches("no-at-sign", "bob@example.com"));
+  assert_true(cert_dns_matches("example.com", "EXAMPLE.com"));
+  assert_true(cert_dns_matches("*.example.com", "a.example.com"));
+  assert_false(cert_dns_matches("*.example.com", "b.a.example.com")); /* one label only */
+  assert_false(cert_dns_matches("*.example.com", "example.com"));
+  assert_false(cert_dns_matches("*.com", "example.com")); /* never over a single label */
+  assert_false(cert_dns_matches("*.example.com", ".example.com"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fqdn_table),
@@ -781,6 +799,7 @@ int main(void) {
       cmocka_unit_test(test_cert_info_details),
       cmocka_unit_test(test_cert_info_foreign_leaf),
       cmocka_unit_test(test_cert_to_pem_round_trip),
+      cmocka_unit_test(test_name_matching_rules),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -646,6 +646,24 @@ def gateway(next_hop, limits=None, yaml="", edits=(), setup=None, start=True,
         dispose(gw)
 
 
+class HopGateway:
+    """Base of test set-ups that hold a FakeHop (self.hop) and a started
+    gateway() context (self.cm, entered as self.gw): closing ends both,
+    the gateway's exit checks applying when the test went well."""
+
+    def close(self, ok=True):
+        try:
+            self.cm.__exit__(None if ok else Exception, None, None)
+        finally:
+            self.hop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        self.close(et is None)
+
+
 @contextlib.contextmanager
 def sink_gateway(limits=None, yaml="", edits=(), setup=None, on_exit="running", **instance_args):
     """smtp-sink plus a started sealgate relaying to it; yields (gw, sink).

@@ -54,7 +54,7 @@ PROFILES = """sending_profiles:
 """
 
 
-class Harvest:
+class Harvest(sgtest.HopGateway):
     def __init__(self, updated="false", self_signed="false"):
         self.hop = sgtest.FakeHop()
         self.inport, self.sigport = sgtest.free_port(), sgtest.free_port()
@@ -101,18 +101,6 @@ class Harvest:
 
     def harvested(self):
         return json.loads(sgtest.sealctl_ok(self.gw, "--json", "harvested", "list"))
-
-    def close(self, ok=True):
-        try:
-            self.cm.__exit__(None if ok else Exception, None, None)
-        finally:
-            self.hop.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        self.close(et is None)
 
 
 def test_harvest_then_encrypt():

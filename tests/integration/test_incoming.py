@@ -115,7 +115,7 @@ def flip_gcm_tag(msg):
 
 # ---------------------------------------------------------------- the gateway
 
-class Inbound:
+class Inbound(sgtest.HopGateway):
     """A gateway whose listener is incoming for example.com, with flow
     policy options, the partner CA imported; a FakeHop behind it."""
 
@@ -145,18 +145,6 @@ class Inbound:
         assert code == 250, (code, text)
         assert self.hop.wait_count(n + 1, 30) > n, self.gw.log()[-3000:]
         return self.hop.accepted[n]["data"]
-
-    def close(self, ok=True):
-        try:
-            self.cm.__exit__(None if ok else Exception, None, None)
-        finally:
-            self.hop.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        self.close(et is None)
 
 
 def auth_results(data):

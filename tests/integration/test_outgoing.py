@@ -47,7 +47,7 @@ def recipient(tmp, address, key="rsa"):
     return base + ".pem", base + ".key"
 
 
-class Setup:
+class Setup(sgtest.HopGateway):
     """A FakeHop and a gateway whose listener uses profile p."""
 
     def __init__(self, mode, keys=(), reply=None, setup=None, init_args=(), **profile):
@@ -78,18 +78,6 @@ class Setup:
         code, text = sgtest.send_message(self.gw.port, "sender@example.com", rcpts, msg)
         assert code == 250, (code, text)
         return msg
-
-    def close(self, ok=True):
-        try:
-            self.cm.__exit__(None if ok else Exception, None, None)
-        finally:
-            self.hop.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        self.close(et is None)
 
 
 def write(tmp, name, data):
