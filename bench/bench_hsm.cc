@@ -26,16 +26,11 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <map>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <dlfcn.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -46,6 +41,8 @@ extern "C" {
 #include "hsm/hsm.h"
 #include "hsm/hsm_server.h"
 }
+
+#include "bench_util.h"
 
 // Last: p11-kit's pkcs11.h (compat mode) #defines common words such as
 // "value" and "count" to the standard field names, which would rename
@@ -63,10 +60,12 @@ extern "C" {
 
 namespace {
 
+using bench_util::Collector;
+using bench_util::kSoPin;
+using bench_util::kUserPin;
+
 constexpr int kMaxThreads = 2;
 constexpr const char *kToken = "sgbench";
-constexpr const char *kUserPin = "12345678";
-constexpr const char *kSoPin = "87654321";
 const char *const kLabel[2] = {"bench-rsa", "bench-ec"};
 const char *const kKeyName[2] = {"RSA-2048", "P-256"};
 enum Kind { K_RSA = 0, K_EC = 1 };
@@ -86,8 +85,8 @@ struct RawConn {
 };
 
 struct Setup {
-  char dir[64] = "";
-  std::string conf, pin_file, run_dir;
+  bench_util::TempDir tmp;
+  std::string run_dir;
   hsm_server *server = nullptr;
   hsm *h_in = nullptr, *h_remote = nullptr;
   hsm_keyref ref[2] = {};
@@ -97,20 +96,8 @@ struct Setup {
   RawConn raw_in[kMaxThreads], raw_remote[kMaxThreads];
 } g;
 
-bool write_file(const std::string &path, const std::string &text, mode_t mode) {
-  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return false;
-  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            fchmod(fd, mode) == 0;
-  return close(fd) == 0 && ok;
-}
-
 hsm_params params(hsm_mode mode) {
-  hsm_params p = {};
-  p.mode = mode;
-  p.token = kToken;
-  p.pin_file = g.pin_file.c_str();
-  p.softhsm_conf = g.conf.c_str();
+  hsm_params p = g.tmp.params(mode, kToken);
   p.server_address = g.server ? hsm_server_address(g.server) : nullptr;
   return p;
 }
@@ -238,41 +225,6 @@ void BM_api(benchmark::State &st, bool remote, Kind k) {
   st.SetItemsProcessed(st.iterations());
 }
 
-// Collects signatures/s (or the error) per benchmark and thread count.
-// With --benchmark_repetitions the median is used, else the one run.
-class RateReporter : public benchmark::ConsoleReporter {
- public:
-  std::map<std::pair<std::string, int>, double> rate, median;
-  std::map<std::pair<std::string, int>, std::string> error;
-  // A custom reporter does not see --benchmark_color: colour only a terminal.
-  RateReporter() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run> &runs) override {
-    for (const auto &r : runs) {
-      auto key = std::make_pair(r.run_name.function_name, static_cast<int>(r.threads));
-      if (r.error_occurred) {
-        error[key] = r.error_message;
-        continue;
-      }
-      bool is_median = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      if (r.run_type != Run::RT_Iteration && !is_median) continue;
-      auto it = r.counters.find("items_per_second");
-      if (it != r.counters.end()) (is_median ? median : rate)[key] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  // Rate of name at t threads; negative if it did not run or failed.
-  double get(const std::string &name, int t) const {
-    auto m = median.find({name, t});
-    if (m != median.end()) return m->second;
-    auto it = rate.find({name, t});
-    return it == rate.end() ? -1 : it->second;
-  }
-  std::string why(const std::string &name, int t) const {
-    auto it = error.find({name, t});
-    return it == error.end() ? "not run" : it->second;
-  }
-};
-
 std::string bench_name(bool api, bool remote, Kind k) {
   return std::string(api ? "api" : "raw_C_Sign") + "/" + (remote ? "remote" : "inprocess") + "/" +
          kKeyName[k];
@@ -285,7 +237,7 @@ std::string fmt_rate(double r) {
   return b;
 }
 
-void print_summary(const RateReporter &rep) {
+void print_summary(const Collector &rep) {
   std::printf("\nsignatures/s, API beside raw C_Sign on the same token (same run, %ld cores)\n",
               sysconf(_SC_NPROCESSORS_ONLN));
   std::printf("%-9s %-10s %7s %10s %12s %7s  %s\n", "key", "mode", "threads", "API/s", "raw/s", "ratio",
@@ -295,14 +247,9 @@ void print_summary(const RateReporter &rep) {
       for (int t = 1; t <= kMaxThreads; t++) {
         std::string an = bench_name(true, remote, Kind(k)), rn = bench_name(false, remote, Kind(k));
         double a = rep.get(an, t), r = rep.get(rn, t);
-        char ratio[16] = "-", target[64] = "";
-        if (a >= 0 && r > 0) std::snprintf(ratio, sizeof ratio, "%.2f", a / r);
-        if (!remote && a >= 0 && r > 0)
-          std::snprintf(target, sizeof target, ">= 0.90: %s", a / r >= 0.90 ? "PASS" : "FAIL");
-        else if (!remote)
-          std::snprintf(target, sizeof target, ">= 0.90: FAIL (no figure)");
+        std::string target = remote ? "" : bench_util::verdict(a, r, 0.90);
         std::printf("%-9s %-10s %7d %10s %12s %7s  %s\n", kKeyName[k], remote ? "remote" : "inprocess", t,
-                    fmt_rate(a).c_str(), fmt_rate(r).c_str(), ratio, target);
+                    fmt_rate(a).c_str(), fmt_rate(r).c_str(), bench_util::ratio(a, r).c_str(), target.c_str());
         if (a < 0) std::printf("          API: %s\n", rep.why(an, t).c_str());
         if (r < 0) std::printf("          raw: %s\n", rep.why(rn, t).c_str());
       }
@@ -326,19 +273,11 @@ int fail(const char *what, const char *err) {
 }
 
 int setup() {
-  std::snprintf(g.dir, sizeof g.dir, "/tmp/sgb-XXXXXX"); // short: socket paths max 107 bytes
-  if (!mkdtemp(g.dir)) return fail("mkdtemp", std::strerror(errno));
-  std::string d = g.dir;
-  g.conf = d + "/softhsm2.conf";
-  g.pin_file = d + "/pin";
-  g.run_dir = d + "/run";
-  if (mkdir((d + "/tokens").c_str(), 0700) != 0) return fail("mkdir tokens", std::strerror(errno));
-  if (!write_file(g.conf, "directories.tokendir = " + d + "/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
-                  0600) ||
-      !write_file(g.pin_file, std::string(kUserPin) + "\n", 0600))
-    return fail("write", std::strerror(errno));
-  // Process-global, set once while single-threaded (hsm_open sets it too).
-  setenv("SOFTHSM2_CONF", g.conf.c_str(), 1);
+  if (!g.tmp.make("/tmp/sgb-XXXXXX")) return fail("mkdtemp", std::strerror(errno)); // short: socket paths max 107 bytes
+  g.run_dir = std::string(g.tmp.path) + "/run";
+  // SOFTHSM2_CONF is process-global: set once here while single-threaded
+  // (hsm_open sets it too).
+  if (const char *what = g.tmp.softhsm()) return fail(what, std::strerror(errno));
 
   char err[512] = "";
   hsm_params p = params(HSM_INPROCESS);
@@ -354,7 +293,7 @@ int setup() {
 
   hsm_server_params sp = {};
   sp.run_dir = g.run_dir.c_str();
-  sp.softhsm_conf = g.conf.c_str();
+  sp.softhsm_conf = g.tmp.conf.c_str();
   sp.token = kToken;
   if (hsm_server_start(&sp, 15000, &g.server, err, sizeof err)) return fail("hsm_server_start", err);
 
@@ -410,10 +349,19 @@ void teardown() {
   hsm_close(g.h_remote);
   if (g.server) hsm_server_stop(g.server);
   // p11-kit-client.so stays mapped: it registers exit-time cleanup.
-  if (g.dir[0]) {
-    std::string cmd = std::string("rm -rf '") + g.dir + "'";
-    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "bench_hsm: could not remove %s\n", g.dir);
-  }
+  g.tmp.remove("bench_hsm");
+}
+
+// Raw before API within each mode, so each figure follows its limit.
+void register_all() {
+  for (bool remote : {false, true})
+    for (int k = 0; k < 2; k++)
+      for (bool api : {false, true}) {
+        Kind kind = Kind(k);
+        auto *b = api ? benchmark::RegisterBenchmark(bench_name(api, remote, kind).c_str(), BM_api, remote, kind)
+                      : benchmark::RegisterBenchmark(bench_name(api, remote, kind).c_str(), BM_raw, remote, kind);
+        b->Threads(1)->Threads(2)->UseRealTime();
+      }
 }
 
 } // namespace
@@ -424,24 +372,6 @@ int main(int argc, char **argv) {
       std::printf("bench_hsm %s\n", SEALGATE_VERSION);
       return 0;
     }
-  benchmark::Initialize(&argc, argv); // parses flags only: no threads yet
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  if (setup() != 0) {
-    teardown();
-    return 1;
-  }
-  // Raw before API within each mode, so each figure follows its limit.
-  for (bool remote : {false, true})
-    for (int k = 0; k < 2; k++)
-      for (bool api : {false, true}) {
-        Kind kind = Kind(k);
-        auto *b = api ? benchmark::RegisterBenchmark(bench_name(api, remote, kind).c_str(), BM_api, remote, kind)
-                      : benchmark::RegisterBenchmark(bench_name(api, remote, kind).c_str(), BM_raw, remote, kind);
-        b->Threads(1)->Threads(2)->UseRealTime();
-      }
-  RateReporter rep;
-  benchmark::RunSpecifiedBenchmarks(&rep);
-  print_summary(rep);
-  teardown();
-  return 0;
+  // Setup (the token server's fork included) runs before any thread exists.
+  return bench_util::run(argc, argv, setup, register_all, print_summary, teardown);
 }

@@ -30,16 +30,11 @@
 #include <benchmark/benchmark.h>
 
 #include <array>
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/buffer.h>
 #include <openssl/cms.h>
@@ -57,7 +52,12 @@ extern "C" {
 #include "hsm/hsm.h"
 }
 
+#include "bench_util.h"
+
 namespace {
+
+using bench_util::Collector;
+using bench_util::size_name;
 
 constexpr const char *kToken = "sgbench-incoming";
 const size_t kSizes[] = {4096, 64 * 1024, 1024 * 1024};
@@ -67,7 +67,7 @@ const char *const kCipherName[] = {"aes256cbc", "aes256gcm"};
 using Bytes = std::vector<unsigned char>;
 
 struct Setup {
-  char dir[64] = "";
+  bench_util::TempDir tmp;
   hsm *h = nullptr;
   hsm_worker *w = nullptr;
   hsm_keyref ref = {};
@@ -106,29 +106,15 @@ Bytes der_of(CMS_ContentInfo *cms) {
 
 // ---- the API ----------------------------------------------------------------
 
-// A memory BIO sized for the whole plaintext at once, as crypto/incoming.c
-// makes it (a growing one re-allocates and wipes about 15 times at 1 MiB).
-BIO *presized_mem(size_t n) {
-  BIO *b = BIO_new(BIO_s_mem());
-  BUF_MEM *bm = BUF_MEM_new();
-  if (!b || !bm || !BUF_MEM_grow(bm, n)) {
-    BUF_MEM_free(bm);
-    BIO_free(b);
-    return nullptr;
-  }
-  bm->length = 0;
-  BIO_set_mem_buf(b, bm, BIO_CLOSE);
-  return b;
-}
 
-// sink: a fresh memory BIO per message, as crypto/incoming.c gives, or a
+// sink: a fresh memory BIO per message, decrypt_sink_mem as crypto/incoming.c gives it, or a
 // null BIO: decrypt_cms's own cost.
 void BM_decrypt(benchmark::State &st, Cipher c, size_t size, bool mem_sink) {
   const Bytes &der = g.message[{c, size}];
   decrypt_key key = {&g.ref, g.org_cert};
   char detail[256];
   for (auto _ : st) {
-    BIO *sink = mem_sink ? presized_mem(der.size()) : BIO_new(BIO_s_null());
+    BIO *sink = mem_sink ? decrypt_sink_mem(der.size()) : BIO_new(BIO_s_null());
     int rc = decrypt_cms(g.w, der.data(), der.size(), &key, 1, nullptr, sink, nullptr, detail, sizeof detail);
     bool whole = !mem_sink || BIO_ctrl_pending(sink) == size;
     BIO_free(sink);
@@ -240,33 +226,6 @@ void BM_raw_sha256(benchmark::State &st, size_t size) {
 
 // ---- names, results, summary ---------------------------------------------------
 
-std::string size_name(size_t n) {
-  return n >= 1024 * 1024 ? std::to_string(n >> 20) + "MiB" : std::to_string(n >> 10) + "KiB";
-}
-
-// items_per_second per benchmark name (the median when repetitions are
-// asked for), or its error.
-class Collector : public benchmark::ConsoleReporter {
- public:
-  std::map<std::string, double> rate, median;
-  Collector() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run> &runs) override {
-    for (const auto &r : runs) {
-      auto it = r.counters.find("items_per_second");
-      bool med = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      if (!r.error_occurred && it != r.counters.end() && (r.run_type == Run::RT_Iteration || med))
-        (med ? median : rate)[r.run_name.function_name] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  double get(const std::string &name) const {
-    auto m = median.find(name);
-    if (m != median.end()) return m->second;
-    auto it = rate.find(name);
-    return it == rate.end() ? -1 : it->second;
-  }
-};
-
 // 1 / (1/a + 1/b): two steps in sequence; -1 when either is missing.
 double serial(double a, double b) { return a > 0 && b > 0 ? 1 / (1 / a + 1 / b) : -1; }
 
@@ -274,10 +233,8 @@ std::string figure(double v) { return v > 0 ? std::to_string(static_cast<long>(v
 
 // One summary row; "-" where a figure is missing (filtered out or failed).
 void print_row(const char *op, size_t size, double api, double limit, double rsa) {
-  char ratio[16] = "-";
-  if (api > 0 && limit > 0) std::snprintf(ratio, sizeof ratio, "%.2f", api / limit);
   std::printf("%-27s %-6s %10s %10s %6s %10s\n", op, size_name(size).c_str(), figure(api).c_str(),
-              figure(limit).c_str(), ratio, figure(rsa).c_str());
+              figure(limit).c_str(), bench_util::ratio(api, limit).c_str(), figure(rsa).c_str());
 }
 
 void print_summary(const Collector &c) {
@@ -300,29 +257,9 @@ void print_summary(const Collector &c) {
 
 // ---- setup --------------------------------------------------------------------------
 
-bool write_file(const std::string &p, const std::string &text) {
-  FILE *f = std::fopen(p.c_str(), "w");
-  if (!f) return false;
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  return std::fclose(f) == 0 && ok && chmod(p.c_str(), 0600) == 0;
-}
-
 int setup_token() {
-  std::snprintf(g.dir, sizeof g.dir, "/tmp/sgbi-XXXXXX");
-  if (!mkdtemp(g.dir)) return fail("mkdtemp", std::strerror(errno));
-  std::string d = g.dir, conf = d + "/softhsm2.conf", pin = d + "/pin";
-  if (mkdir((d + "/tokens").c_str(), 0700) != 0) return fail("mkdir", std::strerror(errno));
-  if (!write_file(conf, "directories.tokendir = " + d + "/tokens\nobjectstore.backend = file\nlog.level = ERROR\n") ||
-      !write_file(pin, "12345678\n"))
-    return fail("write", std::strerror(errno));
-  hsm_params p = {};
-  p.mode = HSM_INPROCESS;
-  p.token = kToken;
-  p.pin_file = pin.c_str();
-  p.softhsm_conf = conf.c_str();
   char err[512] = "";
-  if (hsm_token_init(&p, "87654321", "12345678", err, sizeof err)) return fail("hsm_token_init", err);
-  if (hsm_open(&p, &g.h, err, sizeof err)) return fail("hsm_open", err);
+  if (const char *what = g.tmp.open_token("/tmp/sgbi-XXXXXX", kToken, &g.h, err, sizeof err)) return fail(what, err);
   if (hsm_keygen(g.h, "bench-org", HSM_KEY_RSA, 2048, &g.ref, err, sizeof err)) return fail("hsm_keygen", err);
   if (hsm_worker_new(g.h, &g.w, err, sizeof err)) return fail("hsm_worker_new", err);
   if (hsm_worker_pkey(g.w, &g.ref, &g.token_key) || hsm_public_key(g.h, &g.ref, &g.token_pub))
@@ -338,7 +275,7 @@ int setup_token() {
   g.sign_key = EVP_RSA_gen(2048);
   if (!g.sign_key || cert_create_selfsigned(&r, g.sign_key, g.sign_key, &g.sign_cert, err, sizeof err))
     return fail("sender cert", err);
-  if (keystore_open((d + "/keys").c_str(), true, &g.ks, err, sizeof err) ||
+  if (keystore_open((std::string(g.tmp.path) + "/keys").c_str(), true, &g.ks, err, sizeof err) ||
       keystore_pubkey_add(g.ks, "sender", g.sign_cert, err, sizeof err) ||
       verify_trust_new(g.ks, false, nullptr, 0, &g.trust, err, sizeof err))
     return fail("key store", err);
@@ -425,9 +362,10 @@ void teardown() {
   EVP_PKEY_free(g.token_pub);
   hsm_worker_free(g.w);
   hsm_close(g.h);
-  if (g.dir[0] && std::system((std::string("rm -rf '") + g.dir + "'").c_str()) != 0)
-    std::fprintf(stderr, "bench_incoming: could not remove %s\n", g.dir);
+  g.tmp.remove("bench_incoming");
 }
+
+int setup() { return setup_token() || setup_messages() || setup_raw(); }
 
 // Each API figure right after the raw loops that bound it (its own RSA
 // figure too), so a pair shares the machine's conditions.  CPU time: one
@@ -451,17 +389,4 @@ void register_all() {
 
 } // namespace
 
-int main(int argc, char **argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  if (setup_token() || setup_messages() || setup_raw()) {
-    teardown();
-    return 1;
-  }
-  register_all();
-  Collector c;
-  benchmark::RunSpecifiedBenchmarks(&c);
-  print_summary(c);
-  teardown();
-  return 0;
-}
+int main(int argc, char **argv) { return bench_util::run(argc, argv, setup, register_all, print_summary, teardown); }

@@ -32,11 +32,9 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <functional>
-#include <map>
 #include <random>
 #include <string>
 #include <string_view>
@@ -53,7 +51,11 @@ extern "C" {
 #include "crypto/keystore.h"
 }
 
+#include "bench_util.h"
+
 namespace {
+
+using bench_util::Collector;
 
 constexpr size_t kKeys = 10000;
 constexpr size_t kStream = 1 << 16; // precomputed random addresses per run
@@ -61,7 +63,7 @@ constexpr size_t kBuckets = 1 << 14;
 constexpr double kTargetPerCore = 10e6;
 
 struct {
-  char dir[64] = "";
+  bench_util::TempDir tmp;
   keystore *ks = nullptr;
   keycache *cache = nullptr;
   std::vector<std::string> addr;
@@ -170,30 +172,6 @@ void BM_mutex(benchmark::State &st) {
 
 // ---- summary ---------------------------------------------------------------------------
 
-// lookups/s per benchmark and thread count (the median with repetitions).
-class Collector : public benchmark::ConsoleReporter {
- public:
-  std::map<std::pair<std::string, int>, double> rate, median;
-  std::map<std::pair<std::string, int>, std::string> error;
-  void ReportRuns(const std::vector<Run> &runs) override {
-    for (const auto &r : runs) {
-      std::pair<std::string, int> k(r.run_name.function_name, static_cast<int>(r.threads));
-      if (r.error_occurred) error[k] = r.error_message;
-      auto it = r.counters.find("items_per_second");
-      if (it == r.counters.end() || r.error_occurred) continue;
-      if (r.run_type == Run::RT_Iteration) rate[k] = it->second.value;
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") median[k] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  double get(const std::string &name, int threads) const {
-    auto m = median.find({name, threads});
-    if (m != median.end()) return m->second;
-    auto it = rate.find({name, threads});
-    return it == rate.end() ? -1 : it->second;
-  }
-};
-
 void print_summary(const Collector &c) {
   std::printf("\nlookups/s, %zu cached keys, random order (same run, %ld cores)\n", kKeys,
               sysconf(_SC_NPROCESSORS_ONLN));
@@ -212,7 +190,7 @@ void print_summary(const Collector &c) {
               kTargetPerCore / 1e6, per_core ? "PASS" : "FAIL", lf1 / 1e6, lf2 / 2e6);
   std::printf("target linear scaling (2 threads >= 1.8x 1 thread): %s\n",
               lf1 > 0 && lf2 / lf1 >= 1.8 ? "PASS" : "FAIL");
-  for (const auto &e : c.error)
+  for (const auto &e : c.errors())
     std::printf("%s/%d threads: %s\n", e.first.first.c_str(), e.first.second, e.second.c_str());
 }
 
@@ -244,10 +222,10 @@ bool write_certs(FILE *f) {
 }
 
 int setup() {
-  std::snprintf(g.dir, sizeof g.dir, "/tmp/sgbk-XXXXXX");
-  if (!mkdtemp(g.dir)) return fail("mkdtemp", std::strerror(errno));
+  if (!g.tmp.make("/tmp/sgbk-XXXXXX")) return fail("mkdtemp", std::strerror(errno));
   char err[256] = "";
-  if (keystore_open((std::string(g.dir) + "/keys").c_str(), true, &g.ks, err, sizeof err)) return fail("keystore", err);
+  std::string keys = std::string(g.tmp.path) + "/keys";
+  if (keystore_open(keys.c_str(), true, &g.ks, err, sizeof err)) return fail("keystore", err);
   FILE *f = std::tmpfile();
   size_t n = 0;
   if (!f || !write_certs(f)) return fail("certificates", "could not make them");
@@ -275,24 +253,14 @@ void teardown() {
   keycache_free(g.cache);
   keycache_thread_offline();
   keystore_close(g.ks);
-  if (g.dir[0] && std::system((std::string("rm -rf '") + g.dir + "'").c_str()) != 0)
-    std::fprintf(stderr, "bench_keycache: could not remove %s\n", g.dir);
+  g.tmp.remove("bench_keycache");
+}
+
+void register_all() {
+  benchmark::RegisterBenchmark("lockfree", BM_lockfree)->Threads(1)->Threads(2)->UseRealTime();
+  benchmark::RegisterBenchmark("mutex", BM_mutex)->Threads(1)->Threads(2)->UseRealTime();
 }
 
 } // namespace
 
-int main(int argc, char **argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  if (setup() != 0) {
-    teardown();
-    return 1;
-  }
-  benchmark::RegisterBenchmark("lockfree", BM_lockfree)->Threads(1)->Threads(2)->UseRealTime();
-  benchmark::RegisterBenchmark("mutex", BM_mutex)->Threads(1)->Threads(2)->UseRealTime();
-  Collector c;
-  benchmark::RunSpecifiedBenchmarks(&c);
-  print_summary(c);
-  teardown();
-  return 0;
-}
+int main(int argc, char **argv) { return bench_util::run(argc, argv, setup, register_all, print_summary, teardown); }

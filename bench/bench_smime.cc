@@ -24,16 +24,12 @@
 // Run: build/bin/bench_smime [--benchmark_filter=...] [--benchmark_min_time=2]
 #include <benchmark/benchmark.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
-#include <tuple>
 #include <vector>
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -47,7 +43,12 @@ extern "C" {
 #include "hsm/hsm.h"
 }
 
+#include "bench_util.h"
+
 namespace {
+
+using bench_util::Collector;
+using bench_util::size_name;
 
 constexpr int kMaxThreads = 2;
 constexpr const char *kToken = "sgbench-smime";
@@ -58,7 +59,7 @@ enum Backend { SOFT = 0, TOKEN = 1 };
 const char *const kBackendName[] = {"software", "softhsm2"};
 
 struct Setup {
-  char dir[64] = "";
+  bench_util::TempDir tmp;
   EVP_PKEY *sign_key = nullptr, *rcpt_key = nullptr;
   X509 *sign_cert = nullptr, *rcpt_cert = nullptr;
   STACK_OF(X509) *rcpts = nullptr;
@@ -227,42 +228,10 @@ void BM_limit(benchmark::State &st, Op op, Backend b, size_t size) {
 
 // ---- names, results, summary -------------------------------------------------------
 
-std::string size_name(size_t n) { return n >= 1024 * 1024 ? std::to_string(n >> 20) + "MiB" : std::to_string(n >> 10) + "KiB"; }
-
 std::string bench_name(bool api, Op op, Backend b, size_t size) {
   return std::string(api ? "api" : "limit") + "/" + kOpName[op] + "/" + (op == ENCRYPT ? "-" : kBackendName[b]) +
          "/" + size_name(size);
 }
-
-// messages/s (items_per_second) or the error per benchmark and thread count;
-// the median when repetitions are asked for.
-class Collector : public benchmark::ConsoleReporter {
- public:
-  using Key = std::pair<std::string, int>;
-  std::map<Key, double> rate, median;
-  std::map<Key, std::string> error;
-  Collector() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run> &runs) override {
-    for (const auto &r : runs) {
-      Key k(r.run_name.function_name, static_cast<int>(r.threads));
-      if (r.error_occurred) {
-        error[k] = r.error_message;
-        continue;
-      }
-      bool med = r.run_type == Run::RT_Aggregate && r.aggregate_name == "median";
-      auto it = r.counters.find("items_per_second");
-      if ((r.run_type == Run::RT_Iteration || med) && it != r.counters.end())
-        (med ? median : rate)[k] = it->second.value;
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  double get(const std::string &n, int t) const {
-    auto m = median.find({n, t});
-    if (m != median.end()) return m->second;
-    auto it = rate.find({n, t});
-    return it == rate.end() ? -1 : it->second;
-  }
-};
 
 double target_for(Op op) { return op == ENCRYPT ? 0.50 : op == TRIPLE ? 0.0 : 0.90; }
 
@@ -279,43 +248,19 @@ void print_summary(const Collector &c) {
           Op op = Op(o);
           double a = c.get(bench_name(true, op, Backend(b), size), t);
           double l = c.get(bench_name(false, op, Backend(b), size), t);
-          char ratio[16] = "-", target[48] = "";
-          if (a >= 0 && l > 0) std::snprintf(ratio, sizeof ratio, "%.2f", a / l);
-          if (size == 4096 && target_for(op) > 0)
-            std::snprintf(target, sizeof target, ">= %.2f: %s", target_for(op),
-                          a >= 0 && l > 0 ? (a / l >= target_for(op) ? "PASS" : "FAIL") : "FAIL (no figure)");
+          std::string target = size == 4096 && target_for(op) > 0 ? bench_util::verdict(a, l, target_for(op)) : "";
           std::printf("%-13s %-9s %-6s %3d %10.0f %10.0f %6s  %s\n", kOpName[op],
-                      op == ENCRYPT ? "-" : kBackendName[b], size_name(size).c_str(), t, a, l, ratio, target);
+                      op == ENCRYPT ? "-" : kBackendName[b], size_name(size).c_str(), t, a, l,
+                      bench_util::ratio(a, l).c_str(), target.c_str());
         }
     }
 }
 
 // ---- setup --------------------------------------------------------------------------
 
-bool write_file(const std::string &p, const std::string &text) {
-  FILE *f = std::fopen(p.c_str(), "w");
-  if (!f) return false;
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  return std::fclose(f) == 0 && ok && chmod(p.c_str(), 0600) == 0;
-}
-
 int setup_token() {
-  std::snprintf(g.dir, sizeof g.dir, "/tmp/sgbs-XXXXXX");
-  if (!mkdtemp(g.dir)) return fail("mkdtemp", std::strerror(errno));
-  std::string d = g.dir, conf = d + "/softhsm2.conf", pin = d + "/pin";
-  if (mkdir((d + "/tokens").c_str(), 0700) != 0) return fail("mkdir", std::strerror(errno));
-  if (!write_file(conf, "directories.tokendir = " + d + "/tokens\nobjectstore.backend = file\nlog.level = ERROR\n") ||
-      !write_file(pin, "12345678\n"))
-    return fail("write", std::strerror(errno));
-  setenv("SOFTHSM2_CONF", conf.c_str(), 1);
-  hsm_params p = {};
-  p.mode = HSM_INPROCESS;
-  p.token = kToken;
-  p.pin_file = pin.c_str();
-  p.softhsm_conf = conf.c_str();
   char err[512] = "";
-  if (hsm_token_init(&p, "87654321", "12345678", err, sizeof err)) return fail("hsm_token_init", err);
-  if (hsm_open(&p, &g.h, err, sizeof err)) return fail("hsm_open", err);
+  if (const char *what = g.tmp.open_token("/tmp/sgbs-XXXXXX", kToken, &g.h, err, sizeof err)) return fail(what, err);
   // The same key as the software backend, so one certificate serves both.
   if (hsm_import_key(g.h, "bench-smime", g.sign_key, &g.ref, err, sizeof err)) return fail("hsm_import_key", err);
   for (int t = 0; t < kMaxThreads; t++) {
@@ -360,20 +305,11 @@ void teardown() {
   X509_free(g.rcpt_cert);
   EVP_PKEY_free(g.sign_key);
   EVP_PKEY_free(g.rcpt_key);
-  if (g.dir[0] && std::system((std::string("rm -rf '") + g.dir + "'").c_str()) != 0)
-    std::fprintf(stderr, "bench_smime: could not remove %s\n", g.dir);
+  g.tmp.remove("bench_smime");
 }
 
-} // namespace
-
-int main(int argc, char **argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  if (setup() != 0) {
-    teardown();
-    return 1;
-  }
-  // The limit right before its API figure, so each pair shares conditions.
+// The limit right before its API figure, so each pair shares conditions.
+void register_all() {
   for (int o = SIGN; o <= TRIPLE; o++)
     for (int b = SOFT; b <= TOKEN; b++) {
       if (o == ENCRYPT && b == TOKEN) continue;
@@ -387,9 +323,8 @@ int main(int argc, char **argv) {
           bm->Threads(1)->Threads(2)->UseRealTime();
         }
     }
-  Collector c;
-  benchmark::RunSpecifiedBenchmarks(&c);
-  print_summary(c);
-  teardown();
-  return 0;
 }
+
+} // namespace
+
+int main(int argc, char **argv) { return bench_util::run(argc, argv, setup, register_all, print_summary, teardown); }
