@@ -5,6 +5,6 @@
 # test_decrypt_remote is the same source with the token behind a
 # `p11-kit server` (hsm_server_start): a CBC message opens, a stopped
 # server is "retry later".  Needs openssl, softhsm2 and p11-kit.
-sg_unit_test(test_decrypt ${CMAKE_CURRENT_SOURCE_DIR}/test_decrypt.c sg_decrypt sg_cert sg_hsm)
-sg_unit_test(test_decrypt_remote ${CMAKE_CURRENT_SOURCE_DIR}/test_decrypt.c sg_decrypt sg_cert sg_hsm)
+sg_unit_test(test_decrypt ${CMAKE_CURRENT_SOURCE_DIR}/test_decrypt.c sg_decrypt sg_cert sg_hsm sg_testutil)
+sg_unit_test(test_decrypt_remote ${CMAKE_CURRENT_SOURCE_DIR}/test_decrypt.c sg_decrypt sg_cert sg_hsm sg_testutil)
 target_compile_definitions(test_decrypt_remote PRIVATE DECRYPT_TEST_REMOTE=1)

@@ -2,7 +2,7 @@
 # and CA lists (R13, R15, R16, R22).  The test reads LMDB itself to prove
 # that deletes clean the indexes, hence the direct LMDB link.
 pkg_check_modules(TEST_LMDB REQUIRED IMPORTED_TARGET lmdb)
-sg_unit_test(test_keystore ${CMAKE_CURRENT_SOURCE_DIR}/test_keystore.c sg_keystore PkgConfig::TEST_LMDB
+sg_unit_test(test_keystore ${CMAKE_CURRENT_SOURCE_DIR}/test_keystore.c sg_keystore PkgConfig::TEST_LMDB sg_testutil
              Threads::Threads)
 
 # harvest_put: a test helper (not installed) that files a certificate as a

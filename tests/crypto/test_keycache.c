@@ -25,8 +25,8 @@
 #include "crypto/cert.h"
 #include "crypto/keycache.h"
 #include "crypto/keystore.h"
+#include "testutil.h"
 
-static char dir[64];
 static struct keystore *ks;
 static struct keycache *c;
 static EVP_PKEY *key; /* signs every test certificate */
@@ -93,18 +93,15 @@ static int teardown_test(void **state) {
   if (ks) keystore_close(ks);
   c = NULL;
   ks = NULL;
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return tu_dir_remove();
 }
 
 /* A fresh store and cache (max_entries) per test; on failure nothing is
  * left behind (cmocka skips the teardown of a failed setup). */
 static int open_cache(size_t max_entries) {
   char keys[96], err[256] = "";
-  snprintf(dir, sizeof dir, "/tmp/sg-kc-XXXXXX");
-  if (!mkdtemp(dir)) return -1;
-  snprintf(keys, sizeof keys, "%s/keys", dir);
+  if (tu_dir_make("kc") != 0) return -1;
+  tu_path(keys, sizeof keys, "keys");
   if (keystore_open(keys, true, &ks, err, sizeof err) == 0 && keycache_new(ks, max_entries, &c) == 0) return 0;
   fprintf(stderr, "cannot open the store or the cache: %s\n", err);
   teardown_test(NULL);

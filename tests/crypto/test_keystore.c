@@ -29,11 +29,11 @@
 
 #include "core/sgerr.h"
 #include "crypto/keystore.h"
+#include "testutil.h"
 
 #define DAY 86400L
 
 static EVP_PKEY *rsa_key, *ec_key, *issuer_key;
-static char tmpdir[] = "/tmp/test_keystore.XXXXXX";
 
 struct fx {
   char dir[300];
@@ -102,7 +102,7 @@ static void rm_rf(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHY
 static int fx_setup(void **state) {
   static int n;
   struct fx *f = calloc(1, sizeof *f);
-  snprintf(f->dir, sizeof f->dir, "%s/ks%d", tmpdir, ++n);
+  snprintf(f->dir, sizeof f->dir, "%s/ks%d", tu_dir(), ++n);
   char err[256] = "";
   int rc = keystore_open(f->dir, true, &f->ks, err, sizeof err);
   if (rc) fail_msg("keystore_open: %s", err);
@@ -322,7 +322,7 @@ static char *file_path(const char *name) {
   static char buf[2][400];
   static int i;
   char *p = buf[i++ % 2];
-  snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
+  snprintf(p, sizeof buf[0], "%s/%s", tu_dir(), name);
   return p;
 }
 
@@ -347,7 +347,7 @@ static void test_export_import_round_trip(void **state) {
   fclose(out);
   assert_int_equal(n, 3);
   struct fx g;
-  snprintf(g.dir, sizeof g.dir, "%s/fresh", tmpdir);
+  snprintf(g.dir, sizeof g.dir, "%s/fresh", tu_dir());
   char err[256] = "", list[256] = "";
   assert_int_equal(keystore_open(g.dir, true, &g.ks, err, sizeof err), 0);
   if (import_file(g.ks, path, &n, err, sizeof err)) fail_msg("import: %s", err);
@@ -587,7 +587,7 @@ static void test_open_read_only(void **state) {
   (void)state;
   char dir[400], err[256] = "";
   struct keystore *ks, *again;
-  snprintf(dir, sizeof dir, "%s/missing/keys", tmpdir);
+  snprintf(dir, sizeof dir, "%s/missing/keys", tu_dir());
   assert_int_equal(keystore_open(dir, false, &ks, err, sizeof err), 0);
   expect_none(ks, "a@b.example");
   char list[64] = "";
@@ -595,7 +595,7 @@ static void test_open_read_only(void **state) {
   X509 *x = enc_cert("email:a@b.example");
   assert_int_equal(keystore_pubkey_add(ks, "a", x, err, sizeof err), SG_EPERM);
   keystore_close(ks);
-  snprintf(dir, sizeof dir, "%s/ro", tmpdir);
+  snprintf(dir, sizeof dir, "%s/ro", tu_dir());
   assert_int_equal(mkdir(dir, 0700), 0);
   assert_int_equal(keystore_open(dir, false, &ks, err, sizeof err), 0); /* creates the empty env */
   assert_int_equal(keystore_open(dir, true, &again, err, sizeof err), SG_EBUSY);
@@ -1227,7 +1227,7 @@ static void test_harvest_corrupt_record_not_found(void **state) {
 }
 
 int main(void) {
-  if (!mkdtemp(tmpdir)) return 1;
+  if (tu_dir_make("keystore") != 0) return 1;
   rsa_key = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
   ec_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
   issuer_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
@@ -1272,6 +1272,6 @@ int main(void) {
   EVP_PKEY_free(rsa_key);
   EVP_PKEY_free(ec_key);
   EVP_PKEY_free(issuer_key);
-  rm_rf(tmpdir);
+  (void)tu_dir_remove();
   return failed;
 }

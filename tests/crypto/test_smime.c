@@ -35,8 +35,8 @@
 #include "core/sgerr.h"
 #include "crypto/smime.h"
 #include "hsm/hsm.h"
+#include "testutil.h"
 
-static char dir[64];
 static X509 *ca, *rsa_cert, *ec_cert, *rcpt_rsa, *rcpt_ec, *ed_cert;
 static EVP_PKEY *rsa_key, *ec_key;
 static bool have_gpgsm;
@@ -54,78 +54,14 @@ static const char OUTER[] =
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static void path(char *b, size_t cap, const char *name) { snprintf(b, cap, "%s/%s", dir, name); }
-
-/* Run a shell command in dir; 0 when it exited 0. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-  char cmd[4096];
-  int n = snprintf(cmd, sizeof cmd, "cd '%s' && (", dir);
-  va_list ap;
-  va_start(ap, fmt);
-  n += vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-  va_end(ap);
-  snprintf(cmd + n, sizeof cmd - (size_t)n, ")");
-  int st = system(cmd);
-  if (st != 0) fprintf(stderr, "command failed (%d): %s\n", st, cmd);
-  return st;
-}
-
-static void write_file(const char *name, const void *p, size_t n) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "wb");
-  assert_non_null(fp);
-  assert_int_equal(fwrite(p, 1, n, fp), n);
-  assert_int_equal(fclose(fp), 0);
-}
-
-/* The whole file; *n_out its length.  Caller frees. */
-static char *read_file(const char *name, size_t *n_out) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "rb");
-  assert_non_null(fp);
-  struct buf b = BUF_INIT;
-  char tmp[65536];
-  size_t n;
-  while ((n = fread(tmp, 1, sizeof tmp, fp)) > 0) assert_int_equal(buf_append(&b, tmp, n), 0);
-  fclose(fp);
-  assert_int_equal(buf_append(&b, "", 1), 0);
-  *n_out = b.len - 1;
-  return b.data;
-}
-
 static void assert_file_equals(const char *name, const char *want, size_t n) {
   size_t got_n;
-  char *got = read_file(name, &got_n);
+  char *got = tu_read_file(name, &got_n);
   if (got_n != n || memcmp(got, want, n) != 0)
     fprintf(stderr, "%s: %zu bytes, want %zu, differ\n", name, got_n, n);
   assert_int_equal(got_n, n);
   assert_memory_equal(got, want, n);
   free(got);
-}
-
-static X509 *load_cert(const char *name) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "r");
-  assert_non_null(fp);
-  X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-  fclose(fp);
-  assert_non_null(x);
-  return x;
-}
-
-static EVP_PKEY *load_key(const char *name) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "r");
-  assert_non_null(fp);
-  EVP_PKEY *k = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
-  fclose(fp);
-  assert_non_null(k);
-  return k;
 }
 
 /* A 7-bit entity of MIME shape: CRLF everywhere, lines under 998 octets,
@@ -155,17 +91,7 @@ static unsigned char *b64_body(const char *p, size_t n, size_t *len_out) {
   const char *body = memmem(p, n, "\r\n\r\n", 4);
   assert_non_null(body);
   body += 4;
-  size_t bn = n - (size_t)(body - p);
-  unsigned char *der = malloc(bn);
-  assert_non_null(der);
-  EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
-  int a = 0, b = 0;
-  EVP_DecodeInit(ctx);
-  assert_true(EVP_DecodeUpdate(ctx, der, &a, (const unsigned char *)body, (int)bn) >= 0);
-  assert_int_equal(EVP_DecodeFinal(ctx, der + a, &b), 1);
-  EVP_ENCODE_CTX_free(ctx);
-  *len_out = (size_t)(a + b);
-  return der;
+  return tu_b64_decode(body, n - (size_t)(body - p), len_out);
 }
 
 /* multipart/signed: the first part's bytes and the signature part. */
@@ -232,18 +158,18 @@ static void write_message(const char *name, const struct buf *entity) {
   assert_int_equal(smime_compose(OUTER, strlen(OUTER), entity->data, entity->len, &msg), 0);
   assert_true(starts_with(msg.data, OUTER));
   assert_true(starts_with(msg.data + strlen(OUTER), "MIME-Version: 1.0\r\n"));
-  write_file(name, msg.data, msg.len);
+  tu_write_file(name, msg.data, msg.len);
   buf_free(&msg);
 }
 
 /* openssl cms -verify (S/MIME purpose, our CA only); content to out. */
 static void openssl_verify(const char *in, const char *out) {
-  assert_int_equal(run("openssl cms -verify -in %s -CAfile ca.pem -purpose smimesign -out %s 2>/dev/null",
+  assert_int_equal(tu_run("openssl cms -verify -in %s -CAfile ca.pem -purpose smimesign -out %s 2>/dev/null",
                        in, out), 0);
 }
 
 static void openssl_decrypt(const char *in, const char *who, const char *out) {
-  assert_int_equal(run("openssl cms -decrypt -in %s -recip %s.pem -inkey %s.key -out %s", in, who, who, out), 0);
+  assert_int_equal(tu_run("openssl cms -decrypt -in %s -recip %s.pem -inkey %s.key -out %s", in, who, who, out), 0);
 }
 
 static STACK_OF(X509) *rcpts(X509 *a, X509 *b) {
@@ -264,7 +190,7 @@ static const char EXT[] =
     "extendedKeyUsage=emailProtection\nsubjectAltName=email:ec@example.net\n";
 
 static int leaf(const char *name, const char *newkey, const char *ext, int serial) {
-  return run("openssl req -new -newkey %s -nodes -keyout %s.key -out %s.csr -subj /CN=%s 2>/dev/null && "
+  return tu_run("openssl req -new -newkey %s -nodes -keyout %s.key -out %s.csr -subj /CN=%s 2>/dev/null && "
              "openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -set_serial %d -days 30 "
              "-extfile ext.cnf -extensions %s -out %s.pem 2>/dev/null",
              newkey, name, name, name, name, serial, ext, name);
@@ -272,10 +198,9 @@ static int leaf(const char *name, const char *newkey, const char *ext, int seria
 
 static int group_setup(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/sg-smime-XXXXXX");
-  if (mkdtemp(dir) == NULL) return -1;
-  write_file("ext.cnf", EXT, strlen(EXT));
-  if (run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 30 "
+  if (tu_dir_make("smime") != 0) return -1;
+  tu_write_file("ext.cnf", EXT, strlen(EXT));
+  if (tu_run("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 30 "
           "-subj '/CN=sealgate test CA' -addext basicConstraints=critical,CA:TRUE "
           "-addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null") != 0 ||
       leaf("signer", "rsa:2048", "sign", 2) != 0 ||
@@ -284,14 +209,14 @@ static int group_setup(void **state) {
       leaf("ecrcpt", "ec -pkeyopt ec_paramgen_curve:P-256", "agree", 5) != 0 ||
       leaf("ed", "ed25519", "sign", 6) != 0)
     return -1;
-  ca = load_cert("ca.pem");
-  rsa_cert = load_cert("signer.pem");
-  ec_cert = load_cert("ecsigner.pem");
-  rcpt_rsa = load_cert("rcpt.pem");
-  rcpt_ec = load_cert("ecrcpt.pem");
-  ed_cert = load_cert("ed.pem");
-  rsa_key = load_key("signer.key");
-  ec_key = load_key("ecsigner.key");
+  ca = tu_load_cert("ca.pem");
+  rsa_cert = tu_load_cert("signer.pem");
+  ec_cert = tu_load_cert("ecsigner.pem");
+  rcpt_rsa = tu_load_cert("rcpt.pem");
+  rcpt_ec = tu_load_cert("ecrcpt.pem");
+  ed_cert = tu_load_cert("ed.pem");
+  rsa_key = tu_load_key("signer.key");
+  ec_key = tu_load_key("ecsigner.key");
   have_gpgsm = system("gpgsm --version >/dev/null 2>&1") == 0;
   return 0;
 }
@@ -302,12 +227,7 @@ static int group_teardown(void **state) {
   for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++) X509_free(xs[i]);
   EVP_PKEY_free(rsa_key);
   EVP_PKEY_free(ec_key);
-  if (getenv("SG_KEEP_TMP") == NULL) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) return -1;
-  }
-  return 0;
+  return tu_dir_remove();
 }
 
 /* ---- signing ---------------------------------------------------------------- */
@@ -359,7 +279,7 @@ static void sign_case(bool ec, enum smime_signature sig, enum smime_sign_mode mo
   assert_file_equals("verified.txt", ENTITY, strlen(ENTITY));
   /* PSS: salt as long as the SHA-256 digest, MGF1 with SHA-256. */
   if (sig == SMIME_SIG_PSS && !ec)
-    assert_int_equal(run("openssl cms -cmsout -print -in signed.eml > pss.txt && grep -q 'cont \\[ 2 \\].*' pss.txt "
+    assert_int_equal(tu_run("openssl cms -cmsout -print -in signed.eml > pss.txt && grep -q 'cont \\[ 2 \\].*' pss.txt "
                          "&& grep -q 'INTEGER *:20$' pss.txt && grep -q ':mgf1' pss.txt"), 0);
   /* (Not `openssl cms -verify -binary`: in binary mode OpenSSL's MIME reader
    * turns the CRLFs of the signed part into LFs.  The non-canonicalising
@@ -392,9 +312,9 @@ static void test_smimecap_list(void **state) {
   struct buf out = BUF_INIT;
   sign_ok(ENTITY, strlen(ENTITY), &s, SMIME_SIGN_OPAQUE, &out);
   write_message("cap.eml", &out);
-  assert_int_equal(run("openssl cms -cmsout -print -in cap.eml > cap.txt"), 0);
+  assert_int_equal(tu_run("openssl cms -cmsout -print -in cap.eml > cap.txt"), 0);
   size_t n;
-  char *t = read_file("cap.txt", &n);
+  char *t = tu_read_file("cap.txt", &n);
   const char *want[] = {"aes-256-gcm", "aes-128-gcm", "aes-256-cbc", "aes-128-cbc", "rsaesOaep"};
   const char *at = strstr(t, "S/MIME Capabilities");
   if (at == NULL) at = strstr(t, "SMIMECapabilities");
@@ -428,9 +348,9 @@ static void encrypt_case(enum smime_cipher c, enum smime_key_transport kt, bool 
   openssl_decrypt("enc.eml", ec ? "ecrcpt" : "rcpt", "dec.txt");
   assert_file_equals("dec.txt", ENTITY, strlen(ENTITY));
   /* The key transport is what was asked for. */
-  assert_int_equal(run("openssl cms -cmsout -print -in enc.eml > enc.txt"), 0);
+  assert_int_equal(tu_run("openssl cms -cmsout -print -in enc.eml > enc.txt"), 0);
   size_t n;
-  char *t = read_file("enc.txt", &n);
+  char *t = tu_read_file("enc.txt", &n);
   if (!ec) assert_int_equal(strstr(t, "rsaesOaep") != NULL, kt == SMIME_KT_OAEP);
   assert_non_null(strstr(t, c == SMIME_AES256_GCM ? "aes-256-gcm" : "aes-256-cbc"));
   free(t);
@@ -500,15 +420,15 @@ static void test_triple_wrap(void **state) {
 /* A private GNUPGHOME that trusts our CA (DESIGN.md "Setting up the real
  * components"). */
 static void gpgsm_home(void) {
-  assert_int_equal(run("rm -rf gh && mkdir -m 700 gh && "
+  assert_int_equal(tu_run("rm -rf gh && mkdir -m 700 gh && "
                        "echo allow-loopback-pinentry > gh/gpg-agent.conf && "
                        "GNUPGHOME=$PWD/gh gpgsm --batch --disable-crl-checks --import ca.pem signer.pem "
                        ">/dev/null 2>&1"), 0);
-  assert_int_equal(run("fp=$(openssl x509 -in ca.pem -noout -fingerprint -sha1 | sed 's/.*=//') && "
+  assert_int_equal(tu_run("fp=$(openssl x509 -in ca.pem -noout -fingerprint -sha1 | sed 's/.*=//') && "
                        "echo \"$fp S\" > gh/trustlist.txt"), 0);
 }
 
-static void gpgsm_done(void) { run("GNUPGHOME=$PWD/gh gpgconf --kill all >/dev/null 2>&1; rm -rf gh"); }
+static void gpgsm_done(void) { tu_run("GNUPGHOME=$PWD/gh gpgconf --kill all >/dev/null 2>&1; rm -rf gh"); }
 
 #define GPGSM "GNUPGHOME=$PWD/gh gpgsm --batch --disable-crl-checks --disable-dirmngr "
 
@@ -523,16 +443,16 @@ static void test_gpgsm_verify(void **state) {
   struct split sp = split_signed(out.data, out.len);
   size_t dn;
   unsigned char *der = b64_body(sp.sig, sp.sig_len, &dn);
-  write_file("g.p7s", der, dn);
-  write_file("g.txt", sp.content, sp.content_len);
-  assert_int_equal(run(GPGSM "--verify g.p7s g.txt 2>g.log || (cat g.log >&2; false)"), 0);
+  tu_write_file("g.p7s", der, dn);
+  tu_write_file("g.txt", sp.content, sp.content_len);
+  assert_int_equal(tu_run(GPGSM "--verify g.p7s g.txt 2>g.log || (cat g.log >&2; false)"), 0);
   free(der);
   buf_reset(&out);
   /* Opaque: gpgsm writes the content it verified. */
   sign_ok(ENTITY, strlen(ENTITY), &s, SMIME_SIGN_OPAQUE, &out);
   der = b64_body(out.data, out.len, &dn);
-  write_file("g.p7m", der, dn);
-  assert_int_equal(run(GPGSM "--output g.out --verify g.p7m 2>g.log || (cat g.log >&2; false)"), 0);
+  tu_write_file("g.p7m", der, dn);
+  assert_int_equal(tu_run(GPGSM "--output g.out --verify g.p7m 2>g.log || (cat g.log >&2; false)"), 0);
   assert_file_equals("g.out", ENTITY, strlen(ENTITY));
   free(der);
   buf_free(&out);
@@ -543,7 +463,7 @@ static void test_gpgsm_decrypt(void **state) {
   (void)state;
   if (!have_gpgsm) skip();
   gpgsm_home();
-  assert_int_equal(run("openssl pkcs12 -export -legacy -in rcpt.pem -inkey rcpt.key -passout pass:sgtest "
+  assert_int_equal(tu_run("openssl pkcs12 -export -legacy -in rcpt.pem -inkey rcpt.key -passout pass:sgtest "
                        "-out rcpt.p12 && echo sgtest > pass.txt && "
                        GPGSM "--pinentry-mode loopback --passphrase-fd 0 --import rcpt.p12 "
                        "< pass.txt >/dev/null 2>g.log || (cat g.log >&2; false)"), 0);
@@ -552,8 +472,8 @@ static void test_gpgsm_decrypt(void **state) {
   encrypt_ok(ENTITY, strlen(ENTITY), r, SMIME_AES256_CBC, SMIME_KT_PKCS1, &out);
   size_t dn;
   unsigned char *der = b64_body(out.data, out.len, &dn);
-  write_file("g.enc", der, dn);
-  assert_int_equal(run(GPGSM "--pinentry-mode loopback --passphrase-fd 0 --output g.dec --decrypt g.enc "
+  tu_write_file("g.enc", der, dn);
+  assert_int_equal(tu_run(GPGSM "--pinentry-mode loopback --passphrase-fd 0 --output g.dec --decrypt g.enc "
                        "< pass.txt 2>g.log || (cat g.log >&2; false)"), 0);
   assert_file_equals("g.dec", ENTITY, strlen(ENTITY));
   free(der);
@@ -604,15 +524,8 @@ static void test_encrypt_bad_recipient(void **state) {
 
 static void test_sign_with_token(void **state) {
   (void)state;
-  char tokens[128], conf[128], pin[128], text[512], err[256] = "";
-  path(tokens, sizeof tokens, "tokens");
-  path(conf, sizeof conf, "softhsm2.conf");
-  path(pin, sizeof pin, "pin");
-  assert_int_equal(mkdir(tokens, 0700), 0);
-  snprintf(text, sizeof text, "directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", tokens);
-  write_file("softhsm2.conf", text, strlen(text));
-  write_file("pin", "12345678\n", 9);
-  assert_int_equal(chmod(pin, 0600), 0);
+  char conf[128], pin[128], err[256] = "";
+  tu_softhsm_files("12345678", conf, pin, sizeof conf);
   setenv("SOFTHSM2_CONF", conf, 1);
   struct hsm_params p = {.mode = HSM_INPROCESS, .token = "smimetest", .pin_file = pin, .softhsm_conf = conf};
   assert_int_equal(hsm_token_init(&p, "87654321", "12345678", err, sizeof err), 0);

@@ -35,8 +35,8 @@
 #include "core/sgerr.h"
 #include "crypto/keystore.h"
 #include "crypto/verify.h"
+#include "testutil.h"
 
-static char dir[64];
 static struct keystore *ks_plain;   /* CA list: the root, no CRL */
 static struct keystore *ks_crl;     /* CA list: root, intermediate, both CRLs */
 static struct keystore *ks_managed; /* the root, and "self" as a managed key */
@@ -51,75 +51,11 @@ static const char CONTENT[] = "Content-Type: text/plain; charset=us-ascii\r\n"
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static void path(char *b, size_t cap, const char *name) { snprintf(b, cap, "%s/%s", dir, name); }
-
-/* Run a shell command in dir; 0 when it exited 0. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-  char cmd[4096];
-  int n = snprintf(cmd, sizeof cmd, "cd '%s' && (", dir);
-  va_list ap;
-  va_start(ap, fmt);
-  n += vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-  va_end(ap);
-  snprintf(cmd + n, sizeof cmd - (size_t)n, ")");
-  int st = system(cmd);
-  if (st != 0) fprintf(stderr, "command failed (%d): %s\n", st, cmd);
-  return st;
-}
-
-static void write_file(const char *name, const void *p, size_t n) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "wb");
-  assert_non_null(fp);
-  assert_int_equal(fwrite(p, 1, n, fp), n);
-  assert_int_equal(fclose(fp), 0);
-}
-
-/* The whole file (NUL-terminated); *n_out its length.  Caller frees. */
-static unsigned char *slurp(const char *name, size_t *n_out) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "rb");
-  assert_non_null(fp);
-  struct buf b = BUF_INIT;
-  char tmp[65536];
-  size_t n;
-  while ((n = fread(tmp, 1, sizeof tmp, fp)) > 0) assert_int_equal(buf_append(&b, tmp, n), 0);
-  fclose(fp);
-  assert_int_equal(buf_append(&b, "", 1), 0);
-  *n_out = b.len - 1;
-  return (unsigned char *)b.data;
-}
-
-static X509 *load_cert(const char *name) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "r");
-  assert_non_null(fp);
-  X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
-  fclose(fp);
-  assert_non_null(x);
-  return x;
-}
-
-static X509_CRL *load_crl(const char *name) {
-  char f[256];
-  path(f, sizeof f, name);
-  FILE *fp = fopen(f, "r");
-  assert_non_null(fp);
-  X509_CRL *c = PEM_read_X509_CRL(fp, NULL, NULL, NULL);
-  fclose(fp);
-  assert_non_null(c);
-  return c;
-}
-
 /* openssl cms -sign of CONTENT: detached (or opaque) DER into out.
  * signers: "alice" or "alice -signer x.pem -inkey x.key"; extra: more
  * options (-certfile, -nocerts). */
 static void cms_sign(const char *out, const char *signer, bool opaque, const char *extra) {
-  assert_int_equal(run("openssl cms -sign -binary %s -in content.txt -signer %s.pem -inkey %s.key %s "
+  assert_int_equal(tu_run("openssl cms -sign -binary %s -in content.txt -signer %s.pem -inkey %s.key %s "
                        "-outform DER -out %s",
                        opaque ? "-nodetach" : "", signer, signer, extra, out),
                    0);
@@ -130,7 +66,7 @@ static void cms_sign(const char *out, const char *signer, bool opaque, const cha
 static struct verify_trust *trust_of(struct keystore *ks, const char *crl_file) {
   char f[256], err[256] = "";
   char *files[1] = {f};
-  if (crl_file != NULL) path(f, sizeof f, crl_file);
+  if (crl_file != NULL) tu_path(f, sizeof f, crl_file);
   struct verify_trust *t = NULL;
   int rc = verify_trust_new(ks, false, files, crl_file != NULL ? 1 : 0, &t, err, sizeof err);
   if (rc != 0) fprintf(stderr, "verify_trust_new: %s\n", err);
@@ -151,7 +87,7 @@ struct check {
 static void verify_file(const struct check *c, const char *sig, const char *content, size_t content_len,
                         struct verify_result *res) {
   size_t n;
-  unsigned char *der = slurp(sig, &n);
+  unsigned char *der = tu_read_file(sig, &n);
   struct verify_params p = {.trust = c->trust, .limits = c->limits, .from = c->from,
                             .revocation_hard = c->hard, .now = c->now ? c->now : time(NULL)};
   char err[256] = "";
@@ -211,7 +147,7 @@ static const char CA_CNF[] = "[inter_ca]\ndatabase = inter.idx\ncrlnumber = inte
 /* An end entity: key, CSR, certificate from ca (its .pem/.key). */
 static int leaf(const char *name, const char *bits, const char *ca, const char *ext, const char *san, int days,
                 int serial, const char *subj) {
-  return run("SAN='%s' && export SAN && "
+  return tu_run("SAN='%s' && export SAN && "
              "openssl req -new -newkey rsa:%s -nodes -keyout %s.key -out %s.csr -subj '/CN=%s%s' 2>/dev/null && "
              "openssl x509 -req -in %s.csr -CA %s.pem -CAkey %s.key -set_serial %d -days %d "
              "-extfile ext.cnf -extensions %s -out %s.pem 2>/dev/null",
@@ -219,7 +155,7 @@ static int leaf(const char *name, const char *bits, const char *ca, const char *
 }
 
 static int make_pki(void) {
-  if (run("openssl req -x509 -newkey rsa:2048 -nodes -keyout root.key -out root.pem -days 3650 "
+  if (tu_run("openssl req -x509 -newkey rsa:2048 -nodes -keyout root.key -out root.pem -days 3650 "
           "-subj '/CN=verify root' -addext basicConstraints=critical,CA:TRUE "
           "-addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null && "
           "openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.pem -days 3650 "
@@ -240,12 +176,12 @@ static int make_pki(void) {
       leaf("stranger", "2048", "other", "ee", "stranger@example.org", 30, 18, "") != 0)
     return -1;
   /* Self-signed, with the extensions of an S/MIME signer. */
-  if (run("openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 30 -subj /CN=self "
+  if (tu_run("openssl req -x509 -newkey rsa:2048 -nodes -keyout self.key -out self.pem -days 30 -subj /CN=self "
           "-addext keyUsage=critical,digitalSignature,nonRepudiation -addext subjectAltName=email:self@example.org "
           "2>/dev/null") != 0)
     return -1;
   /* CRLs: the intermediate's revokes "revoked"; the root's is empty. */
-  return run("touch inter.idx root.idx && echo 01 > inter.crlnum && echo 01 > root.crlnum && "
+  return tu_run("touch inter.idx root.idx && echo 01 > inter.crlnum && echo 01 > root.crlnum && "
              "openssl ca -config ca.cnf -name inter_ca -revoke revoked.pem -keyfile inter.key -cert inter.pem "
              "2>/dev/null && "
              "openssl ca -config ca.cnf -name inter_ca -gencrl -keyfile inter.key -cert inter.pem -out inter.crl "
@@ -260,17 +196,17 @@ static int make_pki(void) {
  * key. */
 static struct keystore *make_store(const char *sub, const char *ca, bool crls, const char *managed) {
   char d[256], err[256] = "";
-  path(d, sizeof d, sub);
+  tu_path(d, sizeof d, sub);
   struct keystore *ks = NULL;
   assert_int_equal(keystore_open(d, true, &ks, err, sizeof err), 0);
   STACK_OF(X509) *certs = sk_X509_new_null();
   STACK_OF(X509_CRL) *cl = sk_X509_CRL_new_null();
-  sk_X509_push(certs, load_cert(ca));
+  sk_X509_push(certs, tu_load_cert(ca));
   if (crls) {
     /* The key store keeps a CRL only with its issuer's certificate. */
-    sk_X509_push(certs, load_cert("inter.pem"));
-    sk_X509_CRL_push(cl, load_crl("root.crl"));
-    sk_X509_CRL_push(cl, load_crl("inter.crl"));
+    sk_X509_push(certs, tu_load_cert("inter.pem"));
+    sk_X509_CRL_push(cl, tu_load_crl("root.crl"));
+    sk_X509_CRL_push(cl, tu_load_crl("inter.crl"));
   }
   int rc = keystore_ca_import(ks, "test", certs, cl, err, sizeof err);
   if (rc != 0) fprintf(stderr, "keystore_ca_import: %s\n", err);
@@ -280,7 +216,7 @@ static struct keystore *make_store(const char *sub, const char *ca, bool crls, c
   if (managed != NULL) {
     char f[64];
     snprintf(f, sizeof f, "%s.pem", managed);
-    X509 *x = load_cert(f);
+    X509 *x = tu_load_cert(f);
     assert_int_equal(keystore_pubkey_add(ks, managed, x, err, sizeof err), 0);
     X509_free(x);
   }
@@ -289,27 +225,21 @@ static struct keystore *make_store(const char *sub, const char *ca, bool crls, c
 
 static int group_setup(void **state) {
   (void)state;
-  snprintf(dir, sizeof dir, "/tmp/sg-verify-XXXXXX");
-  if (mkdtemp(dir) == NULL) return -1;
+  if (tu_dir_make("verify") != 0) return -1;
   /* ext.cnf names ${ENV::SAN}: OpenSSL wants it set for every section. */
   setenv("SAN", "", 1);
-  write_file("ext.cnf", EXT, strlen(EXT));
-  write_file("ca.cnf", CA_CNF, strlen(CA_CNF));
-  write_file("content.txt", CONTENT, strlen(CONTENT));
+  tu_write_file("ext.cnf", EXT, strlen(EXT));
+  tu_write_file("ca.cnf", CA_CNF, strlen(CA_CNF));
+  tu_write_file("content.txt", CONTENT, strlen(CONTENT));
   if (make_pki() != 0) return -1;
   ks_plain = make_store("ks-plain", "root.pem", false, NULL);
   ks_crl = make_store("ks-crl", "root.pem", true, NULL);
   ks_managed = make_store("ks-managed", "root.pem", false, "self");
   ks_inter = make_store("ks-inter", "inter.pem", false, NULL);
-  alice_cert = load_cert("alice.pem");
-  inter_cert = load_cert("inter.pem");
-  char f[256];
-  path(f, sizeof f, "alice.key");
-  FILE *fp = fopen(f, "r");
-  if (fp == NULL) return -1;
-  alice_key = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
-  fclose(fp);
-  return alice_key != NULL ? 0 : -1;
+  alice_cert = tu_load_cert("alice.pem");
+  inter_cert = tu_load_cert("inter.pem");
+  alice_key = tu_load_key("alice.key");
+  return 0;
 }
 
 static int group_teardown(void **state) {
@@ -321,12 +251,7 @@ static int group_teardown(void **state) {
   X509_free(alice_cert);
   X509_free(inter_cert);
   EVP_PKEY_free(alice_key);
-  if (getenv("SG_KEEP_TMP") == NULL) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) return -1;
-  }
-  return 0;
+  return tu_dir_remove();
 }
 
 /* ---- outcomes --------------------------------------------------------------- */
@@ -355,7 +280,7 @@ static void test_opaque_pass_returns_content(void **state) {
   struct verify_trust *t = trust_of(ks_plain, NULL);
   cms_sign("opaque.p7m", "alice", true, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("opaque.p7m", &n);
+  unsigned char *der = tu_read_file("opaque.p7m", &n);
   struct verify_params p = {.trust = t, .from = "alice@example.org", .now = time(NULL)};
   struct verify_result res;
   struct buf out = BUF_INIT;
@@ -397,7 +322,7 @@ static void test_opaque_tampered_content_fails_but_is_returned(void **state) {
   struct verify_trust *t = trust_of(ks_plain, NULL);
   cms_sign("opaque2.p7m", "alice", true, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("opaque2.p7m", &n);
+  unsigned char *der = tu_read_file("opaque2.p7m", &n);
   unsigned char *hit = memmem(der, n, "Second line", 11);
   assert_non_null(hit);
   hit[0] = 's';
@@ -422,9 +347,9 @@ static void test_corrupt_signature_value_fails(void **state) {
   struct verify_trust *t = trust_of(ks_plain, NULL);
   cms_sign("sigval.p7s", "alice", false, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("sigval.p7s", &n);
+  unsigned char *der = tu_read_file("sigval.p7s", &n);
   der[n - 1] ^= 0x40;
-  write_file("sigval-bad.p7s", der, n);
+  tu_write_file("sigval-bad.p7s", der, n);
   free(der);
   struct check c = {.trust = t, .from = "alice@example.org"};
   struct verify_result res;
@@ -670,12 +595,12 @@ static void test_revocation_unknown_hard_soft(void **state) {
 
 static void test_crl_file_errors_name_the_file(void **state) {
   (void)state;
-  write_file("junk.crl", "not a crl at all\n", 17);
-  write_file("badpem.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", 54);
+  tu_write_file("junk.crl", "not a crl at all\n", 17);
+  tu_write_file("badpem.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", 54);
   const char *names[] = {"missing.crl", "junk.crl", "badpem.crl"};
   for (size_t i = 0; i < 3; i++) {
     char f[256], err[256] = "";
-    path(f, sizeof f, names[i]);
+    tu_path(f, sizeof f, names[i]);
     char *files[1] = {f};
     struct verify_trust *t = (struct verify_trust *)1;
     assert_true(verify_trust_new(ks_plain, false, files, 1, &t, err, sizeof err) < 0);
@@ -749,8 +674,8 @@ static void test_too_many_signers(void **state) {
 
 static void test_too_many_certificates(void **state) {
   (void)state;
-  write_file("chain.pem", "", 0);
-  assert_int_equal(run("cat inter.pem root.pem > chain.pem"), 0);
+  tu_write_file("chain.pem", "", 0);
+  assert_int_equal(tu_run("cat inter.pem root.pem > chain.pem"), 0);
   struct verify_trust *t = trust_of(ks_plain, NULL);
   struct verify_limits lim = {4, 2, 8192, 2048};
   struct check c = {.trust = t, .from = "alice@example.org", .limits = &lim};
@@ -829,10 +754,10 @@ static void test_garbage_is_einval(void **state) {
   assert_int_equal(verify_bytes(junk, 0, t, &res), SG_EINVAL);
   assert_null(res.certs);
   /* A CMS structure that is not SignedData. */
-  assert_int_equal(run("openssl cms -encrypt -binary -aes256 -in content.txt -outform DER -out env.p7m "
+  assert_int_equal(tu_run("openssl cms -encrypt -binary -aes256 -in content.txt -outform DER -out env.p7m "
                        "alice.pem"), 0);
   size_t n;
-  unsigned char *der = slurp("env.p7m", &n);
+  unsigned char *der = tu_read_file("env.p7m", &n);
   assert_int_equal(verify_bytes(der, n, t, &res), SG_EINVAL);
   free(der);
   verify_trust_free(t);
@@ -844,7 +769,7 @@ static void test_opaque_without_content_is_einval(void **state) {
   struct verify_trust *t = trust_of(ks_plain, NULL);
   cms_sign("det.p7s", "alice", false, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("det.p7s", &n);
+  unsigned char *der = tu_read_file("det.p7s", &n);
   struct verify_params p = {.trust = t, .from = "alice@example.org", .now = time(NULL)};
   struct verify_result res;
   struct buf out = BUF_INIT;
@@ -863,7 +788,7 @@ static void test_truncated_der_never_passes(void **state) {
   struct verify_trust *t = trust_of(ks_plain, NULL);
   cms_sign("trunc.p7s", "alice", false, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("trunc.p7s", &n);
+  unsigned char *der = tu_read_file("trunc.p7s", &n);
   size_t einval = 0, results = 0;
   for (size_t len = 1; len < n; len++) {
     struct verify_result res;
@@ -893,7 +818,7 @@ static void test_caps_openssl_default_has_no_gcm(void **state) {
   outcome_of("alice", "-certfile inter.pem", &c, VERIFY_PASS, "", &res);
   assert_int_equal(res.caps, 0);
   verify_result_free(&res);
-  assert_int_equal(run("openssl cms -cmsout -print -inform DER -in alice.p7s | grep -q aes-256-cbc"), 0);
+  assert_int_equal(tu_run("openssl cms -cmsout -print -inform DER -in alice.p7s | grep -q aes-256-cbc"), 0);
   verify_trust_free(t);
 }
 
@@ -916,7 +841,7 @@ static void sign_with_caps(const char *name, const int *nids, size_t n) {
   unsigned char *der = NULL;
   int len = i2d_CMS_ContentInfo(cms, &der);
   assert_true(len > 0);
-  write_file(name, der, (size_t)len);
+  tu_write_file(name, der, (size_t)len);
   OPENSSL_free(der);
   CMS_ContentInfo_free(cms);
 }
@@ -969,7 +894,7 @@ static void test_trust_shared_by_threads(void **state) {
   struct verify_trust *t = trust_of(ks_crl, NULL);
   cms_sign("threads.p7s", "alice", false, "-certfile inter.pem");
   size_t n;
-  unsigned char *der = slurp("threads.p7s", &n);
+  unsigned char *der = tu_read_file("threads.p7s", &n);
   pthread_t th[4];
   struct worker w[4];
   for (int i = 0; i < 4; i++) {
