@@ -763,9 +763,12 @@ static void dl__smime_done(void *arg);
 static void dl__incoming_run(struct dl_smime *j, struct hsm_worker *w) {
   struct config *cfg = j->cfg;
   /* Retries process the message again (the spool keeps the original):
-   * only the first attempt counts toward the oracle guard. */
+   * only the first attempt counts toward the oracle guard, and signers
+   * are judged as of the message's arrival, so a retry days later does
+   * not turn "pass" into "expired". */
+  time_t arrived = j->m->env.arrival_ms ? (time_t)(j->m->env.arrival_ms / 1000) : time(NULL);
   struct incoming_request rq = {j->flow, cfg->hostname, j->in.trust, j->in.keys, j->in.n_keys,
-                                j->first ? j->in.guard : NULL, cfg->spool_dir, j->data, j->m->data_len, time(NULL)};
+                                j->first ? j->in.guard : NULL, cfg->spool_dir, j->data, j->m->data_len, arrived};
   struct incoming_result res;
   incoming_process(w, &rq, &res);
   j->res.status = res.status == INCOMING_DONE ? OUTGOING_DONE : OUTGOING_TEMP;

@@ -52,7 +52,7 @@ struct incoming_request {
   const char *spill_dir;               /* where large plaintexts are spilled (O_TMPFILE); NULL: memory */
   const char *data;                    /* the message as received (CRLF) */
   size_t len;
-  time_t now;
+  time_t now;                          /* the time signers are judged at (the daemon: arrival) */
 };
 
 enum incoming_status {
