@@ -494,6 +494,19 @@ static int split_slow(const struct header_split *hs, const char *body, size_t bo
   return rc;
 }
 
+/* The end of both splits: on success out takes the outer fields and the
+ * entity; the working buffers are freed either way. */
+static int split_finish(int rc, struct header_split *hs, struct buf *entity, struct mime_split *out) {
+  if (rc == 0) out->outer = buf_steal(&hs->outer, &out->outer_len);
+  if (rc == 0 && out->outer) out->entity = buf_steal(entity, &out->entity_len);
+  if (rc == 0 && !out->entity) rc = SG_ENOMEM;
+  buf_free(&hs->outer);
+  buf_free(&hs->ehdr);
+  buf_free(entity);
+  if (rc) mime_split_free(out);
+  return rc;
+}
+
 int mime_split(const char *msg, size_t len, struct mime_split *out) {
   memset(out, 0, sizeof *out);
   if (!msg && len) return SG_EINVAL;
@@ -510,14 +523,7 @@ int mime_split(const char *msg, size_t len, struct mime_split *out) {
   bool fast = rc == 0 && st.high == 0 && st.nul == 0 && st.maxline <= MIME_MAX_LINE &&
               !st.cte_8bit && scan_within_limits(&st);
   if (rc == 0 && !fast) rc = split_slow(&hs, body, body_len, &entity, &out->reencoded);
-  if (rc == 0) out->outer = buf_steal(&hs.outer, &out->outer_len);
-  if (rc == 0 && out->outer) out->entity = buf_steal(&entity, &out->entity_len);
-  if (rc == 0 && !out->entity) rc = SG_ENOMEM;
-  buf_free(&hs.outer);
-  buf_free(&hs.ehdr);
-  buf_free(&entity);
-  if (rc) mime_split_free(out);
-  return rc;
+  return split_finish(rc, &hs, &entity, out);
 }
 
 void mime_split_free(struct mime_split *s) {
@@ -622,14 +628,7 @@ int mime_split_raw(const char *msg, size_t len, struct mime_split *out) {
   size_t body_len = len - hs.body_off;
   if (rc == 0) rc = entity_head(&entity, &hs, body, body_len, NULL);
   if (rc == 0) rc = buf_append(&entity, body, body_len);
-  if (rc == 0) out->outer = buf_steal(&hs.outer, &out->outer_len);
-  if (rc == 0 && out->outer) out->entity = buf_steal(&entity, &out->entity_len);
-  if (rc == 0 && !out->entity) rc = SG_ENOMEM;
-  buf_free(&hs.outer);
-  buf_free(&hs.ehdr);
-  buf_free(&entity);
-  if (rc) mime_split_free(out);
-  return rc;
+  return split_finish(rc, &hs, &entity, out);
 }
 
 
