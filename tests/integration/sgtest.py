@@ -105,11 +105,22 @@ def cleanup(path):
         shutil.rmtree(path, ignore_errors=True)
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A loopback TCP port that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that is free right now and that this process has
+    not handed out before: two calls before anything binds (an instance's
+    port, then a second listener's) must not get the same port, which the
+    kernel may well return twice."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
 
 
 def wait_port(port, timeout=30.0, proc=None, host="127.0.0.1"):
