@@ -32,7 +32,9 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "core/filter.h"
 #include "core/log.h"
+#include "core/quarantine.h"
 #include "core/sgerr.h"
 
 /* Enum fields are written through an int pointer by the generic reader. */
@@ -325,6 +327,9 @@ static void free_sections(struct config *c) {
     free(f->name);
     free(f->condition);
     free_strv(f->actions, f->n_actions);
+    filter_cond_free(f->cond);
+    for (size_t k = 0; f->parsed && k < f->n_actions; k++) filter_action_clear(&f->parsed[k]);
+    free(f->parsed);
   }
   free(c->content_filters);
   for (size_t i = 0; i < c->n_mail_policies; i++) {
@@ -333,8 +338,12 @@ static void free_sections(struct config *c) {
     free_strv(p->senders, p->n_senders);
     free_strv(p->recipients, p->n_recipients);
     free_strv(p->content_filters, p->n_content_filters);
+    free(p->filters);
   }
   free(c->mail_policies);
+  for (size_t i = 0; i < c->n_quarantines; i++) free(c->quarantines[i].name);
+  free(c->quarantines);
+  filter_program_free(c->message_program);
 }
 
 static void config_free(struct config *c) {
@@ -353,6 +362,7 @@ static void config_free(struct config *c) {
   free(c->hsm.softhsm_conf);
   free(c->hsm.server_user);
   free(c->message_filters);
+  free(c->quarantine_dir);
   free(c);
 }
 
@@ -389,6 +399,12 @@ const struct config_sending_profile *config_sending_profile_find(const struct co
   FIND_BY_NAME(c->sending_profiles, c->n_sending_profiles, name);
 }
 
+struct config_quarantine config_quarantine_limits(const struct config *c, const char *name) {
+  for (size_t i = 0; c && name && i < c->n_quarantines; i++)
+    if (strcmp(c->quarantines[i].name, name) == 0) return c->quarantines[i];
+  return (struct config_quarantine){(char *)name, CONFIG_QUARANTINE_RETENTION_MS, CONFIG_QUARANTINE_MAX_SIZE, 0};
+}
+
 static bool content_filter_exists(const struct config *c, const char *name) {
   for (size_t i = 0; i < c->n_content_filters; i++)
     if (strcmp(c->content_filters[i].name, name) == 0) return true;
@@ -401,6 +417,8 @@ static bool content_filter_exists(const struct config *c, const char *name) {
 
 struct ctx {
   yaml_document_t *doc;
+  const char *text;  /* the file's bytes: block scalars' indentation for filter errors */
+  size_t text_len;
   struct config *c;
   const char *name; /* labels errors: the path as the caller gave it */
   char *err;
@@ -1007,7 +1025,82 @@ static int parse_profiles(struct ctx *x, const struct field *f, yaml_node_t *n, 
   return parse_records(x, &PROFILE_SPEC, n);
 }
 
-/* Content filters and mail policies: kept as text, compiled elsewhere. */
+/* Content filters, mail policies and message filters: compiled here
+ * (core/filter.h), so an error in a condition or an action rejects the
+ * whole file and names the filter, the line and the column. */
+
+/* How many characters stand before a scalar's text on its first line: its
+ * column, plus the quote; for a block scalar (|, >) the indentation of its
+ * first text line, which libyaml strips, read from the file itself. */
+static int scalar_text_column(const struct ctx *x, const yaml_node_t *n) {
+  yaml_scalar_style_t st = n->data.scalar.style;
+  if (st == YAML_SINGLE_QUOTED_SCALAR_STYLE || st == YAML_DOUBLE_QUOTED_SCALAR_STYLE)
+    return (int)n->start_mark.column + 1;
+  if (st != YAML_LITERAL_SCALAR_STYLE && st != YAML_FOLDED_SCALAR_STYLE) return (int)n->start_mark.column;
+  size_t i = n->start_mark.index;
+  while (i < x->text_len && x->text[i] != '\n') i++; /* the rest of the "|" line */
+  int indent = 0;
+  for (i++; i < x->text_len && x->text[i] == ' '; i++) indent++;
+  return indent;
+}
+
+static int scalar_text_line(const yaml_node_t *n) {
+  yaml_scalar_style_t st = n->data.scalar.style;
+  return node_line(n) + (st == YAML_LITERAL_SCALAR_STYLE || st == YAML_FOLDED_SCALAR_STYLE ? 1 : 0);
+}
+
+/* A filter error already carries "line L, column C: ..."; a content
+ * filter's name is put after the position, where a message filter's
+ * stands (fname NULL: already there). */
+static int filter_fail(struct ctx *x, int rc, const char *what, const char *fname, const char *msg) {
+  char full[1300], named[700];
+  if (rc == SG_ENOMEM) return oom(x);
+  const char *col = strstr(msg, ", column ");
+  const char *after = col ? strstr(col, ": ") : NULL;
+  if (fname && after)
+    snprintf(named, sizeof named, "%.*s: filter '%s': %s", (int)(after - msg), msg, show(fname).s, after + 2);
+  else
+    snprintf(named, sizeof named, "%s", msg);
+  snprintf(full, sizeof full, "%s%s%s: %s", x->path, x->plen ? ": " : "", what, named);
+  set_err(x, 0, full);
+  return SG_ECONFIG;
+}
+
+/* Checks an action needs beyond its text: the sending profile exists. */
+static int check_action(struct ctx *x, const char *filter, const struct filter_action *a) {
+  if (a->kind != FILTER_SMIME_GATEWAY && a->kind != FILTER_SMIME_ON_DELIVERY) return 0;
+  if (config_sending_profile_find(x->c, a->arg1)) return 0;
+  char msg[300];
+  snprintf(msg, sizeof msg, "line %d, column %d: filter '%s': no sending profile named '%s'", a->line, a->column,
+           show(filter).s, show(a->arg1).s);
+  return filter_fail(x, SG_ECONFIG, "actions", NULL, msg);
+}
+
+static int check_filter(struct ctx *x, yaml_node_t *map, void *rec, size_t idx) {
+  (void)idx;
+  struct config_content_filter *f = rec;
+  char err[400];
+  yaml_node_t *cn = map_get(x, map, "condition");
+  int rc = filter_cond_compile(f->condition, scalar_text_line(cn), scalar_text_column(x, cn), &f->cond, err, sizeof err);
+  if (rc) return filter_fail(x, rc, "condition", f->name, err);
+  f->needs_body = filter_cond_needs_body(f->cond);
+  if (!(f->parsed = calloc(f->n_actions, sizeof *f->parsed))) return oom(x);
+  yaml_node_t *an = map_get(x, map, "actions");
+  for (size_t i = 0; i < f->n_actions; i++) {
+    yaml_node_t *item = node_at(x, an->data.sequence.items.start[i]);
+    rc = filter_action_parse(f->actions[i], scalar_text_line(item), scalar_text_column(x, item), &f->parsed[i], err,
+                             sizeof err);
+    if (rc) return filter_fail(x, rc, "actions", f->name, err);
+    if ((rc = check_action(x, f->name, &f->parsed[i]))) return rc;
+    if (filter_action_is_final(&f->parsed[i]) && i + 1 < f->n_actions) {
+      yaml_node_t *next = node_at(x, an->data.sequence.items.start[i + 1]);
+      return fail(x, next, "actions: '%s' can never run: '%s' before it is final", show(f->actions[i + 1]).s,
+                  show(f->actions[i]).s);
+    }
+  }
+  return 0;
+}
+
 static const struct field FILTER_FIELDS[] = {
     F("name", T_NAME, struct config_content_filter, name, REQ),
     F("direction", T_ENUM, struct config_content_filter, direction, REQ, .names = DIRECTIONS),
@@ -1018,11 +1111,57 @@ static const struct field FILTER_FIELDS[] = {
 static const struct rec_spec FILTER_SPEC = {
     .size = sizeof(struct config_content_filter), .fields = FILTER_FIELDS,
     .arr_off = offsetof(struct config, content_filters), .n_off = offsetof(struct config, n_content_filters),
-    .name_off = offsetof(struct config_content_filter, name), .line_off = offsetof(struct config_content_filter, line)};
+    .name_off = offsetof(struct config_content_filter, name), .line_off = offsetof(struct config_content_filter, line),
+    .check = check_filter};
 
 static int parse_filters(struct ctx *x, const struct field *f, yaml_node_t *n, void *base) {
   (void)f, (void)base;
   return parse_records(x, &FILTER_SPEC, n);
+}
+
+/* Sender and recipient patterns (core/policy.c matches them): "*", an
+ * address, "@domain" or "*.domain" (its subdomains). */
+static bool address_pattern_ok(const char *s) {
+  if (!strcmp(s, "*")) return true;
+  const char *at = strchr(s, '@');
+  const char *domain = s[0] == '*' && s[1] == '.' ? s + 2 : at ? at + 1 : NULL;
+  if (!domain || (s[0] == '*' && at) || (at && strchr(at + 1, '@'))) return false;
+  if (at && at != s && at - s > 64) return false;
+  for (const char *p = s; p < (at ? at : s); p++)
+    if (*p <= ' ' || *p == 0x7f || *p == '<' || *p == '>') return false;
+  char low[256];
+  size_t n = strlen(domain);
+  if (n == 0 || n >= sizeof low) return false;
+  for (size_t i = 0; i <= n; i++) low[i] = (char)tolower((unsigned char)domain[i]);
+  return valid_domain(low);
+}
+
+static int check_policy(struct ctx *x, yaml_node_t *map, void *rec, size_t idx) {
+  (void)idx;
+  struct config_mail_policy *p = rec;
+  static const char *const keys[] = {"senders", "recipients"};
+  for (int k = 0; k < 2; k++) {
+    char **v = k ? p->recipients : p->senders;
+    size_t n = k ? p->n_recipients : p->n_senders;
+    yaml_node_t *list = map_get(x, map, keys[k]);
+    for (size_t i = 0; i < n; i++)
+      if (!address_pattern_ok(v[i]))
+        return fail(x, node_at(x, list->data.sequence.items.start[i]),
+                    "%s: '%s' is not '*', an address, '@domain' or '*.domain'", keys[k], show(v[i]).s);
+  }
+  if (p->n_content_filters && !(p->filters = calloc(p->n_content_filters, sizeof *p->filters))) return oom(x);
+  yaml_node_t *list = map_get(x, map, "content_filters");
+  for (size_t i = 0; i < p->n_content_filters; i++) {
+    const struct config_content_filter *f = NULL;
+    for (size_t j = 0; j < x->c->n_content_filters && !f; j++)
+      if (!strcmp(x->c->content_filters[j].name, p->content_filters[i])) f = &x->c->content_filters[j];
+    if (f->direction != p->direction)
+      return fail(x, node_at(x, list->data.sequence.items.start[i]),
+                  "content_filters: '%s' is an %s filter, this policy is %s", show(f->name).s,
+                  DIRECTIONS[f->direction], DIRECTIONS[p->direction]);
+    p->filters[i] = f;
+  }
+  return 0;
 }
 
 static const struct field POLICY_FIELDS[] = {
@@ -1036,11 +1175,62 @@ static const struct field POLICY_FIELDS[] = {
 static const struct rec_spec POLICY_SPEC = {
     .size = sizeof(struct config_mail_policy), .fields = POLICY_FIELDS,
     .arr_off = offsetof(struct config, mail_policies), .n_off = offsetof(struct config, n_mail_policies),
-    .name_off = offsetof(struct config_mail_policy, name), .line_off = offsetof(struct config_mail_policy, line)};
+    .name_off = offsetof(struct config_mail_policy, name), .line_off = offsetof(struct config_mail_policy, line),
+    .check = check_policy};
 
 static int parse_policies(struct ctx *x, const struct field *f, yaml_node_t *n, void *base) {
   (void)f, (void)base;
   return parse_records(x, &POLICY_SPEC, n);
+}
+
+/* quarantines: limits per quarantine (extension). */
+static int check_quarantine(struct ctx *x, yaml_node_t *map, void *rec, size_t idx) {
+  (void)idx;
+  const struct config_quarantine *q = rec;
+  if (quarantine_name_ok(q->name)) return 0;
+  return fail(x, map_get(x, map, "name"), "'%s' is not a quarantine name (1-64 letters, digits, '_', '-' or '.', "
+              "not starting with '.')", show(q->name).s);
+}
+
+static void quarantine_init(void *rec) {
+  struct config_quarantine *q = rec;
+  q->retention_ms = CONFIG_QUARANTINE_RETENTION_MS;
+  q->max_size = CONFIG_QUARANTINE_MAX_SIZE;
+}
+
+static const struct field QUARANTINE_FIELDS[] = {
+    F("name", T_STR, struct config_quarantine, name, REQ),
+    F("retention", T_DUR, struct config_quarantine, retention_ms, .max = 3650 * DAY),
+    F("max_size", T_SIZE, struct config_quarantine, max_size, .max = 1024 * GIB),
+    {0}};
+
+static const struct rec_spec QUARANTINE_SPEC = {
+    .size = sizeof(struct config_quarantine), .fields = QUARANTINE_FIELDS,
+    .arr_off = offsetof(struct config, quarantines), .n_off = offsetof(struct config, n_quarantines),
+    .name_off = offsetof(struct config_quarantine, name), .line_off = offsetof(struct config_quarantine, line),
+    .init = quarantine_init, .check = check_quarantine};
+
+static int parse_quarantines(struct ctx *x, const struct field *f, yaml_node_t *n, void *base) {
+  (void)f, (void)base;
+  return parse_records(x, &QUARANTINE_SPEC, n);
+}
+
+static int message_action_ok(const char *filter, const struct filter_action *a, void *arg) {
+  return check_action(arg, filter, a);
+}
+
+/* message_filters: one program, compiled with the file's positions. */
+static int compile_message_filters(struct ctx *x, yaml_node_t *mf) {
+  struct config *c = x->c;
+  char err[400];
+  c->message_filters_line = scalar_text_line(mf);
+  int rc = filter_program_compile(c->message_filters, c->message_filters_line, scalar_text_column(x, mf),
+                                  &c->message_program, err, sizeof err);
+  if (rc) return filter_fail(x, rc, "message_filters", NULL, err);
+  size_t old = path_push(x, "message_filters");
+  rc = filter_program_each_action(c->message_program, message_action_ok, x);
+  path_pop(x, old);
+  return rc;
 }
 
 /* Listeners. */
@@ -1236,6 +1426,8 @@ static const struct field TOP_FIELDS[] = {
     {.key = "listeners", .type = T_FN, .fn = parse_listeners, REQ},
     {.key = "mail_policies", .type = T_FN, .fn = parse_policies},
     F("message_filters", T_TEXT, struct config, message_filters),
+    F("quarantine_dir", T_PATH, struct config, quarantine_dir),
+    {.key = "quarantines", .type = T_FN, .fn = parse_quarantines},
     {0}};
 
 static void limits_defaults(struct config_limits *l) {
@@ -1268,13 +1460,10 @@ static int check_top(struct ctx *x, yaml_node_t *root) {
     path_push(x, "limits");
     return fail(x, at ? at : limits, "retry_min must not be larger than retry_max");
   }
-  if (map_get(x, root, "message_filters")) {
-    yaml_node_t *mf = map_get(x, root, "message_filters");
-    /* The line of the first text line: block scalars start one below. */
-    bool block = mf->data.scalar.style == YAML_LITERAL_SCALAR_STYLE ||
-                 mf->data.scalar.style == YAML_FOLDED_SCALAR_STYLE;
-    c->message_filters_line = node_line(mf) + (block ? 1 : 0);
-  }
+  yaml_node_t *mf = map_get(x, root, "message_filters");
+  int rc = mf && c->message_filters ? compile_message_filters(x, mf) : 0;
+  if (rc) return rc;
+  if (!c->quarantine_dir && (rc = resolve_path(x, &c->quarantine_dir, "quarantine"))) return rc;
   if (!c->hsm.softhsm_conf) { /* the instance's own SoftHSM2 (sealctl init) */
     size_t n = strlen(c->dir) + sizeof "/hsm/softhsm2.conf";
     if (!(c->hsm.softhsm_conf = malloc(n))) return oom(x);
@@ -1365,7 +1554,7 @@ static int config_new(struct ctx *x, const char *dir, const char *name) {
 
 int config_load_string(const char *yaml, size_t len, const char *dir, const char *name,
                        struct config **out, char *err, size_t errlen) {
-  struct ctx x = {.name = name ? name : "<config>", .err = err, .errlen = errlen};
+  struct ctx x = {.name = name ? name : "<config>", .err = err, .errlen = errlen, .text = yaml, .text_len = len};
   yaml_document_t doc;
   if (err && errlen) err[0] = '\0';
   if (out) *out = NULL;

@@ -95,13 +95,22 @@ struct config_flow_policy {
   int line;
 };
 
-/* Filters and policies are kept as text here; the policy issue compiles them. */
+struct filter_cond;
+struct filter_action;
+struct filter_program;
+
+/* Filters are compiled while the config loads (core/filter.h), so a
+ * syntax error rejects the file as a whole (R35) and names the filter,
+ * line and column. */
 struct config_content_filter {
   char *name;
   enum config_direction direction;
   char *condition;
   char **actions;
   size_t n_actions;
+  struct filter_cond *cond;        /* compiled condition */
+  struct filter_action *parsed;    /* n_actions compiled actions */
+  bool needs_body;                 /* the condition looks at the body */
   int line;
 };
 
@@ -114,6 +123,18 @@ struct config_mail_policy {
   size_t n_recipients;
   char **content_filters;  /* names; each exists in content_filters */
   size_t n_content_filters;
+  const struct config_content_filter **filters; /* the same, resolved (same direction) */
+  int line;
+};
+
+/* `quarantines:` (extension): limits per quarantine.  Quarantines not
+ * listed (created on first use, and Policy) get the defaults below. */
+#define CONFIG_QUARANTINE_RETENTION_MS (14ull * 24 * 3600 * 1000) /* "14d" */
+#define CONFIG_QUARANTINE_MAX_SIZE (1024ull * 1024 * 1024)          /* "1G" */
+struct config_quarantine {
+  char *name;
+  uint64_t retention_ms;           /* 0 = keep until released or deleted */
+  uint64_t max_size;               /* bytes; 0 = no limit */
   int line;
 };
 
@@ -176,6 +197,10 @@ struct config {
   size_t n_mail_policies;
   char *message_filters;  /* raw text or NULL */
   int message_filters_line;
+  struct filter_program *message_program; /* compiled message_filters, or NULL */
+  char *quarantine_dir;   /* extension: absolute; default DIR/quarantine */
+  struct config_quarantine *quarantines;
+  size_t n_quarantines;
 };
 
 /*
@@ -197,6 +222,8 @@ void config_unref(struct config *c);          /* NULL is fine */
 const struct config_listener *config_listener_find(const struct config *c, const char *name);
 const struct config_flow_policy *config_flow_policy_find(const struct config *c, const char *name);
 const struct config_sending_profile *config_sending_profile_find(const struct config *c, const char *name);
+/* The limits of quarantine name: its `quarantines:` entry, or the defaults. */
+struct config_quarantine config_quarantine_limits(const struct config *c, const char *name);
 
 /* "30s", "5m", "2h", "5d", "250ms", or a bare integer of seconds. */
 int config_parse_duration(const char *s, uint64_t *ms_out);

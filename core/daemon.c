@@ -18,6 +18,8 @@
 #include "core/delivery.h"
 #include "core/listener.h"
 #include "core/log.h"
+#include "core/quarantine.h"
+#include "core/release.h"
 #include "core/privs.h"
 #include "core/sgerr.h"
 #include "core/shard.h"
@@ -37,6 +39,7 @@ struct daemon_main {
   size_t n_keys;
   int lock_fd;
   bool loop_ready; /* the main loop was initialised (daemon__stop must know) */
+  struct release *release; /* quarantine expiry and released messages (core/release.h) */
 };
 
 struct config *daemon_config_get(struct daemon *d) {
@@ -233,6 +236,10 @@ static int daemon__control(void *arg, const char *cmd, struct buf *payload, char
     return rc;
   }
   if (strncmp(cmd, "cert check ", 11) == 0) return daemon__cert_check(m, cmd + 11, payload, err, errlen);
+  if (strcmp(cmd, "quarantine released") == 0) {
+    release_poke(m->release);
+    return 0;
+  }
   if (strcmp(cmd, "queue flush") == 0) {
     for (unsigned s = 0; s < m->d.n_shards; s++) shard_post(m->d.shards[s], daemon__flush_shard, m->d.shards[s]);
     return 0;
@@ -263,6 +270,8 @@ static void daemon__on_signal(uv_signal_t *s, int signum) {
   log_info("signal %d: draining (no new connections; finishing what is in flight)", signum);
   pthread_t t;
   if (pthread_create(&t, NULL, daemon__watchdog, NULL) == 0) pthread_detach(t);
+  release_stop(m->release); /* nothing more is posted to the shards */
+  m->release = NULL;
   for (unsigned i = 0; i < m->d.n_shards; i++) shard_drain(m->d.shards[i]);
   uv_stop(&m->loop);
 }
@@ -370,12 +379,23 @@ static int daemon__start_main_loop(struct daemon_main *m) {
   return control_listen(&m->loop, path, daemon__control, m, &m->ctl);
 }
 
+/* The quarantine folder (Policy always exists), made before privileges
+ * are dropped so it can be given to the user with the rest. */
+static int daemon__open_quarantine(const struct config *cfg) {
+  char err[512];
+  int rc = quarantine_open(cfg->quarantine_dir, err, sizeof err);
+  if (rc) log_err("quarantine: %s", err);
+  return rc;
+}
+
 static void daemon__walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
 static void daemon__stop(struct daemon_main *m) {
+  release_stop(m->release);
+  m->release = NULL;
   for (unsigned i = 0; i < m->d.n_shards; i++) {
     if (!atomic_load(&m->d.draining)) shard_drain(m->d.shards[i]);
   }
@@ -424,6 +444,7 @@ int daemon_run(const char *config_path) {
   if (rc == 0 && (rc = listener_plan_build(cfg, NULL, 0, m.d.n_shards, &plan, err, sizeof err)) != 0)
     log_err("%s", err);
   if (rc == 0) rc = daemon__start_main_loop(&m);
+  if (rc == 0) rc = daemon__open_quarantine(cfg);
   if (rc == 0 && (rc = privs_drop(cfg, err, sizeof err)) != 0) log_err("%s", err);
   if (rc == 0 && (rc = keyring_open(m.d.keys, cfg, err, sizeof err)) != 0) log_err("hsm: %s", err);
   if (rc == 0) {
@@ -432,6 +453,7 @@ int daemon_run(const char *config_path) {
     if (r.n > 0) log_info("spool: recovered %d message(s) for delivery", r.n);
     daemon__hand_out_recovered(&m.d, &r);
     daemon__hand_out(&m, &plan);
+    if (release_start(&m.d, &m.loop, &m.release) != 0) log_err("quarantine: cannot start its housekeeping");
     log_info("sealgate %s started: %u shard(s), %zu listener(s), hostname %s", SEALGATE_VERSION,
              m.d.n_shards, cfg->n_listeners, cfg->hostname);
     uv_run(&m.loop, UV_RUN_DEFAULT);

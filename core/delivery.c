@@ -11,12 +11,13 @@
 #include "core/daemon.h"
 #include "core/dsn.h"
 #include "core/log.h"
+#include "core/policy.h"
+#include "core/process.h"
 #include "core/sgerr.h"
 #include "core/timeutil.h"
 #include "core/shard.h"
 #include "core/smtp_client.h"
 #include "core/spool.h"
-#include "crypto/incoming.h"
 #include "crypto/keyring.h"
 #include "crypto/outgoing.h"
 
@@ -700,7 +701,7 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   }
 }
 
-/* ---- S/MIME processing (outgoing and incoming) ------------------------------ */
+/* ---- processing: S/MIME, filters and policies (core/process.h) ------------- */
 
 /* The flow policy of m's listener if it is incoming (DSNs are our own).
  * Every incoming message goes through crypto/incoming.c: with
@@ -712,18 +713,27 @@ static const struct config_flow_policy *dl__flow_of(const struct config *cfg, co
   return l && l->direction == CONFIG_INCOMING ? config_flow_policy_find(cfg, l->flow_policy) : NULL;
 }
 
-/* A message is processed when its listener (in the current config) names a
- * sending profile, or is incoming with a flow policy that decrypts and
- * verifies (and every incoming listener: forged results are removed); DSNs never are (they go back to our own sender).  One
- * accepted under a profile (SPOOL_F_SMIME) is processed even if a reload
- * renamed its listener or removed the profile: dl__smime_request then
- * makes it wait instead of sending it unprocessed (fail closed). */
+/* A listener gone since the message arrived counts as outgoing. */
+static enum config_direction dl__direction(const struct config *cfg, const struct spool_msg *m) {
+  const struct config_listener *l = config_listener_find(cfg, m->env.listener);
+  return l ? l->direction : CONFIG_OUTGOING;
+}
+
+/* A message goes through a crypto worker (core/process.h) when its
+ * listener (in the current config) names a sending profile, is incoming
+ * (forged results are removed; with smime_decrypt_verify, S/MIME is
+ * opened), or when filters or mail policies apply to its direction.  DSNs
+ * never are (they go back to our own sender).  One accepted under a
+ * profile (SPOOL_F_SMIME) is processed even if a reload renamed its
+ * listener or removed the profile: dl__smime_request then makes it wait
+ * instead of sending it unprocessed (fail closed). */
 static bool dl__profile_of(struct delivery *dl, const struct spool_msg *m) {
   if (m->env.flags & SPOOL_F_DSN) return false;
   if (m->env.flags & SPOOL_F_SMIME) return true;
   struct config *cfg = daemon_config_get(dl->sh->d);
   const struct config_listener *l = config_listener_find(cfg, m->env.listener);
-  bool yes = (l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile)) || dl__flow_of(cfg, m);
+  bool yes = (l && l->sending_profile && config_sending_profile_find(cfg, l->sending_profile)) ||
+             dl__flow_of(cfg, m) || policy_active(cfg, dl__direction(cfg, m));
   config_unref(cfg);
   return yes;
 }
@@ -734,67 +744,28 @@ struct dl_smime {
   struct delivery *dl;
   struct dl_host *h;
   struct spool_msg *m;
-  struct config *cfg;        /* referenced: the profile points into it */
-  char *data;                /* m's data, handed over while processing (outgoing may free it) */
+  struct config *cfg;        /* referenced: the request and result point into it */
   size_t counted;            /* bytes counted in h->q_bytes while processing */
-  struct outgoing_signer signer;
-  struct outgoing_request rq;
-  struct outgoing_result res; /* incoming results are put into it too, so the rest is shared */
-  const struct config_flow_policy *flow; /* set: incoming */
   struct keyring_incoming in;
-  bool smime_message, smime_verified;
-  bool first;                /* the first attempt in this process: harvest and count failures once */
+  struct process_request rq; /* rq.data: m's data, handed over while processing */
+  struct process_result res;
   uint64_t t0;
 };
 
 static void dl__smime_free(struct dl_smime *j) {
-  free(j->data);
-  keyring_signer_free(&j->signer);
+  free(j->rq.data);
   keyring_incoming_free(&j->in);
-  outgoing_result_free(&j->res);
+  process_result_free(&j->res);
   config_unref(j->cfg);
   free(j);
 }
 
 static void dl__smime_done(void *arg);
 
-/* Crypto worker: decrypt and verify, harvest, and log the S/MIME result
- * (the delivery log line follows from the loop). */
-static void dl__incoming_run(struct dl_smime *j, struct hsm_worker *w) {
-  struct config *cfg = j->cfg;
-  /* Retries process the message again (the spool keeps the original):
-   * only the first attempt counts toward the oracle guard, and signers
-   * are judged as of the message's arrival, so a retry days later does
-   * not turn "pass" into "expired". */
-  time_t arrived = j->m->env.arrival_ms ? (time_t)(j->m->env.arrival_ms / 1000) : time(NULL);
-  struct incoming_request rq = {j->flow, cfg->hostname, j->in.trust, j->in.keys, j->in.n_keys,
-                                j->first ? j->in.guard : NULL, cfg->spool_dir, j->data, j->m->data_len, arrived};
-  struct incoming_result res;
-  incoming_process(w, &rq, &res);
-  j->res.status = res.status == INCOMING_DONE ? OUTGOING_DONE : OUTGOING_TEMP;
-  j->res.action = res.action;
-  snprintf(j->res.reason, sizeof j->res.reason, "%s", res.reason);
-  j->res.out = res.out;
-  res.out = (struct buf)BUF_INIT;
-  j->smime_message = res.smime;
-  j->smime_verified = res.verified;
-  if (res.status == INCOMING_DONE && j->flow->smime_decrypt_verify) {
-    char from[330], id[330], detail[300];
-    log_safe(from, sizeof from, res.from, strlen(res.from));
-    log_safe(id, sizeof id, res.sig.identity, strlen(res.sig.identity));
-    log_safe(detail, sizeof detail, res.reason, strlen(res.reason));
-    log_info("queue_id=%s from=<%s> action=%s smime=%s%s%s identity=<%s> detail=\"%s\"", j->m->env.queue_id, from,
-             res.action, res.result, res.result_reason[0] ? " reason=" : "", res.result_reason, id, detail);
-    if (j->first) keyring_harvest(j->dl->sh->d->keys, cfg, j->flow, &res, j->m->env.queue_id);
-  }
-  incoming_result_free(&res);
-}
-
-/* Crypto worker thread: the transformation, then back to the loop. */
+/* Crypto worker thread: the processing, then back to the loop. */
 static void dl__smime_run(struct cryptopool_job *job, struct hsm_worker *w) {
   struct dl_smime *j = (struct dl_smime *)job;
-  if (j->flow) dl__incoming_run(j, w);
-  else outgoing_process(w, &j->rq, &j->res);
+  process_run(w, &j->rq, &j->res);
   j->item.fn = dl__smime_done;
   j->item.arg = j;
   mailbox_post_item(&j->dl->sh->mb, &j->item);
@@ -803,35 +774,25 @@ static void dl__smime_run(struct cryptopool_job *job, struct hsm_worker *w) {
 /* Fill the request from the current config and keys; false with res set
  * when it cannot even be made (then the result is handled at once). */
 static bool dl__smime_request(struct dl_smime *j) {
-  const struct config_listener *l = config_listener_find(j->cfg, j->m->env.listener);
-  const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(j->cfg, l->sending_profile) : NULL;
-  struct keyring *k = j->dl->sh->d->keys;
-  j->res.status = OUTGOING_TEMP;
-  j->first = j->m->attempts == 0;
-  if (!p && (j->flow = dl__flow_of(j->cfg, j->m)) != NULL) {
-    if (keyring_incoming(k, &j->in) == 0) return true;
-    snprintf(j->res.reason, sizeof j->res.reason, "out of memory");
+  struct config *cfg = j->cfg;
+  struct spool_msg *m = j->m;
+  const struct config_listener *l = config_listener_find(cfg, m->env.listener);
+  const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(cfg, l->sending_profile) : NULL;
+  enum config_direction dir = dl__direction(cfg, m);
+  j->rq = (struct process_request){cfg, j->dl->sh->d->keys, &m->env, j->rq.data, m->data_len, NULL, p, NULL, dir,
+                                   policy_active(cfg, dir), m->attempts == 0};
+  j->res.res.status = OUTGOING_TEMP;
+  if (!p && (m->env.flags & SPOOL_F_SMIME)) { /* accepted under a profile that is gone */
+    snprintf(j->res.res.reason, sizeof j->res.res.reason, "listener '%.80s' or its sending profile is no longer "
+             "configured; the message is not sent unprocessed", m->env.listener);
     return false;
   }
-  j->rq = (struct outgoing_request){p, NULL, keyring_keystore(k), keyring_keycache(k), (j->m->env.flags & SPOOL_F_PLAIN) != 0,
-                                    j->data, j->m->data_len, &j->data, j->m->env.rcpts, j->m->env.n_rcpts,
-                                    time(NULL)};
-  if (!p && (j->m->env.flags & SPOOL_F_SMIME)) { /* accepted under a profile that is gone */
-    snprintf(j->res.reason, sizeof j->res.reason, "listener '%.80s' or its sending profile is no longer "
-             "configured; the message is not sent unprocessed", j->m->env.listener);
-    return false;
-  }
-  if (!p) { /* a profile added and removed again by reloads since routing: relay as configured now */
-    j->res.action = "relay";
-    j->res.status = buf_append(&j->res.out, j->data, j->m->data_len) == 0 ? OUTGOING_DONE : OUTGOING_TEMP;
-    return false;
-  }
-  if (p->mode != CONFIG_MODE_ENCRYPT) {
-    if (keyring_signer(k, p->signing_certificate, &j->signer) != 0) {
-      snprintf(j->res.reason, sizeof j->res.reason, "signing certificate '%s' is not in the token", p->signing_certificate);
+  if (!p && (j->rq.flow = dl__flow_of(cfg, m)) != NULL) {
+    if (keyring_incoming(j->dl->sh->d->keys, &j->in) != 0) {
+      snprintf(j->res.res.reason, sizeof j->res.res.reason, "out of memory");
       return false;
     }
-    j->rq.signer = &j->signer;
+    j->rq.in = &j->in;
   }
   return true;
 }
@@ -845,8 +806,8 @@ static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool
     m->data = NULL;
     return;
   }
-  *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms(),
-                         .data = m->data};
+  *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms()};
+  j->rq.data = m->data;
   m->data = NULL; /* the job's until dl__smime_done */
   j->job.run = dl__smime_run;
   m->loading = true;
@@ -854,8 +815,8 @@ static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool
   j->counted = m->data_len; /* the queue's memory bound covers messages being processed */
   h->q_bytes += j->counted;
   if (!dl__smime_request(j) || keyring_submit(dl->sh->d->keys, &j->job) != 0) {
-    if (j->res.status == OUTGOING_TEMP && !j->res.reason[0])
-      snprintf(j->res.reason, sizeof j->res.reason, "token unreachable (the crypto workers are being rebuilt)");
+    if (j->res.res.status == OUTGOING_TEMP && !j->res.res.reason[0])
+      snprintf(j->res.res.reason, sizeof j->res.res.reason, "token unreachable (the crypto workers are being rebuilt)");
     dl__smime_done(j);
   }
 }
@@ -879,15 +840,14 @@ static void dl__nokeys_bounce(struct delivery *dl, struct spool_msg *m, const bo
   free(r);
 }
 
-/* missing_key_action: drop.  Logged, nothing delivered, no DSN. */
-static void dl__nokeys_drop(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
-  size_t nokey = 0;
-  for (size_t i = 0; i < m->env.n_rcpts; i++) nokey += !keyed[i];
+/* The message leaves the spool without being delivered: dropped (by
+ * missing_key_action: drop or a filter's drop()) or held in quarantine
+ * (already durable there).  One log line says why. */
+static void dl__retire(struct delivery *dl, struct spool_msg *m, const char *result, const char *why) {
   char from[300];
   log_safe(from, sizeof from, m->env.sender, strlen(m->env.sender));
-  log_warn("queue_id=%s from=<%s> rcpts=%zu size=%zu action=%s result=dropped reason=\"no encryption key for "
-           "%zu recipient(s) (missing_key_action: drop)\"", m->env.queue_id, from, m->env.n_rcpts, m->data_len,
-           m->action ? m->action : "encrypt", nokey);
+  log_warn("queue_id=%s from=<%s> rcpts=%zu size=%zu action=%s result=%s %s", m->env.queue_id, from,
+           m->env.n_rcpts, m->data_len, m->action ? m->action : "relay", result, why);
   dl->jobs++;
   if (spool_remove(dl->sh->d->spool, m, &dl->sh->mb, dl__removed, dl) != 0) {
     dl->jobs--;
@@ -895,12 +855,21 @@ static void dl__nokeys_drop(struct delivery *dl, struct spool_msg *m, const bool
   }
 }
 
-/* After the split-off copy is durable, the original keeps the recipients
- * with keys and goes round again (now everyone in it has a key). */
+static void dl__nokeys_drop(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
+  size_t nokey = 0;
+  char why[200];
+  for (size_t i = 0; i < m->env.n_rcpts; i++) nokey += !keyed[i];
+  snprintf(why, sizeof why, "reason=\"no encryption key for %zu recipient(s) (missing_key_action: drop)\"", nokey);
+  m->action = m->action ? m->action : "encrypt";
+  dl__retire(dl, m, "dropped", why);
+}
+
+/* After the split-off copies are durable, the original keeps group 0's
+ * recipients and goes round again. */
 static void dl__split_rewritten(struct spool_msg *m, int status, void *arg) {
   struct delivery *dl = arg;
   dl->jobs--;
-  if (status != 0) { /* the old file still lists everyone: the plain ones may get two copies */
+  if (status != 0) { /* the old file still lists everyone: the others may get two copies */
     log_err("queue_id=%s: cannot rewrite spool file: %s", m->env.queue_id, sgerr_str(status));
     dl__defer(dl, m);
   } else {
@@ -917,40 +886,27 @@ static void dl__split_rewrite(struct delivery *dl, struct spool_msg *m) {
   }
 }
 
+/* A split of one message into groups of recipients: group 0 stays in the
+ * original, each other group becomes a durable copy, committed one after
+ * the other.  Used by missing_key_action: split (R24) and by mail policies
+ * whose outcomes differ between recipients (R30). */
 struct dl_split {
   struct delivery *dl;
   struct spool_msg *orig;
-  bool *keyed;
+  size_t *group_of;   /* per recipient of orig (owned) */
+  size_t n_groups, next;
+  uint32_t copy_flags; /* added to each copy's flags */
+  const char *why;     /* static, for the log */
 };
 
-static void dl__split_committed(struct spool_msg *copy, int status, void *arg) {
-  struct dl_split *sp = arg;
-  struct delivery *dl = sp->dl;
-  struct spool_msg *m = sp->orig;
-  dl->jobs--;
-  if (status != 0) {
-    log_err("queue_id=%s: cannot queue the copy for recipients without keys: %s", m->env.queue_id, sgerr_str(status));
-    spool_msg_free(copy);
-    dl__defer(dl, m);
-  } else {
-    log_info("queue_id=%s: %zu recipient(s) without encryption keys split off as %s (missing_key_action: split)",
-             m->env.queue_id, copy->env.n_rcpts, copy->env.queue_id);
-    struct dl_fin f = {.dl = dl, .m = m, .pending = calloc(m->env.n_rcpts, sizeof(char *))};
-    for (size_t i = 0; f.pending && i < m->env.n_rcpts; i++)
-      if (sp->keyed[i]) f.pending[f.n_pending++] = m->env.rcpts[i];
-    if (f.pending) dl__keep_pending(&f); /* without memory all stay: duplicates, not losses */
-    free(f.pending);
-    delivery_enqueue(dl, copy);
-    dl__split_rewrite(dl, m);
-  }
-  free(sp->keyed);
+static void dl__split_free(struct dl_split *sp) {
+  free(sp->group_of);
   free(sp);
-  shard_check_idle(dl->sh);
 }
 
-/* A durable copy (flag PLAIN: signed at most) for the recipients without
- * keys, then the original keeps only the others (R24 split). */
-static struct spool_msg *dl__plain_copy(struct delivery *dl, const struct spool_msg *m, const bool *keyed) {
+/* A copy of m (data and envelope) for the recipients of group g. */
+static struct spool_msg *dl__group_copy(struct delivery *dl, const struct spool_msg *m, const struct dl_split *sp,
+                                        size_t g) {
   struct spool_msg *c = calloc(1, sizeof *c);
   if (!c || spool_envelope_copy(&c->env, &m->env) != 0 || !(c->data = malloc(m->data_len ? m->data_len : 1))) {
     spool_msg_free(c);
@@ -960,15 +916,75 @@ static struct spool_msg *dl__plain_copy(struct delivery *dl, const struct spool_
   c->data_len = m->data_len;
   size_t k = 0;
   for (size_t i = 0; i < c->env.n_rcpts; i++) {
-    if (keyed[i]) free(c->env.rcpts[i]);
+    if (sp->group_of[i] != g) free(c->env.rcpts[i]);
     else c->env.rcpts[k++] = c->env.rcpts[i];
   }
   c->env.n_rcpts = k;
-  c->env.flags |= SPOOL_F_PLAIN;
+  c->env.flags |= sp->copy_flags;
   spool_new_id(dl->sh->d->spool, dl->sh->id, c);
   return c;
 }
 
+static void dl__split_next(struct dl_split *sp);
+
+static void dl__split_committed(struct spool_msg *copy, int status, void *arg) {
+  struct dl_split *sp = arg;
+  struct delivery *dl = sp->dl;
+  struct spool_msg *m = sp->orig;
+  dl->jobs--;
+  if (status != 0) { /* everyone stays in the original: those in earlier copies may get two */
+    log_err("queue_id=%s: cannot queue a split-off copy: %s", m->env.queue_id, sgerr_str(status));
+    spool_msg_free(copy);
+    dl__split_free(sp);
+    dl__defer(dl, m);
+  } else {
+    log_info("queue_id=%s: %zu recipient(s) %s split off as %s", m->env.queue_id, copy->env.n_rcpts, sp->why,
+             copy->env.queue_id);
+    delivery_enqueue(dl, copy);
+    sp->next++;
+    dl__split_next(sp);
+  }
+  shard_check_idle(dl->sh);
+}
+
+static void dl__split_next(struct dl_split *sp) {
+  struct delivery *dl = sp->dl;
+  struct spool_msg *m = sp->orig;
+  if (sp->next < sp->n_groups) {
+    struct spool_msg *copy = dl__group_copy(dl, m, sp, sp->next);
+    dl->jobs++;
+    if (copy && spool_commit(dl->sh->d->spool, dl->sh->id, copy, false, &dl->sh->mb, dl__split_committed, sp) == 0)
+      return;
+    dl->jobs--;
+    spool_msg_free(copy);
+    dl__split_free(sp);
+    dl__defer(dl, m);
+    return;
+  }
+  struct dl_fin f = {.dl = dl, .m = m, .pending = calloc(m->env.n_rcpts, sizeof(char *))};
+  for (size_t i = 0; f.pending && i < m->env.n_rcpts; i++)
+    if (sp->group_of[i] == 0) f.pending[f.n_pending++] = m->env.rcpts[i];
+  if (f.pending) dl__keep_pending(&f); /* without memory all stay: duplicates, not losses */
+  free(f.pending);
+  dl__split_free(sp);
+  dl__split_rewrite(dl, m);
+}
+
+/* Start a split; group_of is taken over.  Group 0 must not be empty. */
+static void dl__split(struct delivery *dl, struct spool_msg *m, size_t *group_of, size_t n_groups, uint32_t flags,
+                      const char *why) {
+  struct dl_split *sp = calloc(1, sizeof *sp);
+  if (!sp) {
+    free(group_of);
+    dl__defer(dl, m);
+    return;
+  }
+  *sp = (struct dl_split){dl, m, group_of, n_groups, 1, flags, why};
+  dl__split_next(sp);
+}
+
+/* missing_key_action: split.  A copy (flag PLAIN: signed at most) for the
+ * recipients without keys; the original keeps the others (R24). */
 static void dl__nokeys_split(struct delivery *dl, struct spool_msg *m, const bool *keyed) {
   size_t nkeyed = 0;
   for (size_t i = 0; i < m->env.n_rcpts; i++) nkeyed += keyed[i];
@@ -977,45 +993,63 @@ static void dl__nokeys_split(struct delivery *dl, struct spool_msg *m, const boo
     dl__split_rewrite(dl, m);
     return;
   }
-  struct dl_split *sp = calloc(1, sizeof *sp);
-  struct spool_msg *copy = sp ? dl__plain_copy(dl, m, keyed) : NULL;
-  if (sp) sp->keyed = malloc(m->env.n_rcpts * sizeof *sp->keyed);
-  if (!sp || !copy || !sp->keyed) {
-    spool_msg_free(copy);
-    if (sp) free(sp->keyed);
-    free(sp);
+  size_t *group_of = malloc(m->env.n_rcpts * sizeof *group_of);
+  if (!group_of) {
     dl__defer(dl, m);
     return;
   }
-  memcpy(sp->keyed, keyed, m->env.n_rcpts * sizeof *keyed);
-  sp->dl = dl;
-  sp->orig = m;
-  dl->jobs++;
-  if (spool_commit(dl->sh->d->spool, dl->sh->id, copy, false, &dl->sh->mb, dl__split_committed, sp) != 0) {
-    dl->jobs--;
-    spool_msg_free(copy);
-    free(sp->keyed);
-    free(sp);
-    dl__defer(dl, m);
+  for (size_t i = 0; i < m->env.n_rcpts; i++) group_of[i] = keyed[i] ? 0 : 1;
+  dl__split(dl, m, group_of, 2, SPOOL_F_PLAIN, "without encryption keys (missing_key_action: split)");
+}
+
+/* What the filters decided, other than sending (m is off its queue). */
+static void dl__policy_outcome(struct delivery *dl, struct spool_msg *m, struct dl_smime *j) {
+  char why[700], by[200];
+  log_safe(by, sizeof by, j->res.decided_by, strlen(j->res.decided_by));
+  switch (j->res.verdict) {
+    case PROCESS_SPLIT:
+      dl__split(dl, m, j->res.group_of, j->res.n_groups, 0, "processed differently by mail policies or filters");
+      j->res.group_of = NULL;
+      return;
+    case PROCESS_DROP:
+      snprintf(why, sizeof why, "filter=\"%s\" reason=\"drop()\"", by);
+      dl__retire(dl, m, "dropped", why);
+      return;
+    case PROCESS_BOUNCE: {
+      char text[SMTP_CLIENT_TEXT_MAX];
+      snprintf(text, sizeof text, "550 5.7.1 message refused by filter '%.150s' (bounce)", by);
+      dl__fail_all(dl, m, 550, text, NULL);
+      return;
+    }
+    case PROCESS_QUARANTINED:
+      snprintf(why, sizeof why, "quarantine=%s id=%s filter=\"%s\"", j->res.quarantine, j->res.quarantine_id, by);
+      dl__retire(dl, m, "quarantined", why);
+      return;
+    case PROCESS_SEND:
+      return;
   }
 }
 
 /* A result other than DONE: m is off its host's queue. */
 static void dl__smime_outcome(struct delivery *dl, struct spool_msg *m, struct dl_smime *j) {
   char text[SMTP_CLIENT_TEXT_MAX];
-  switch (j->res.status) {
+  if (j->res.verdict != PROCESS_SEND) {
+    dl__policy_outcome(dl, m, j);
+    return;
+  }
+  switch (j->res.res.status) {
     case OUTGOING_TEMP: /* the token is unreachable: not a signing failure (R25) */
-      snprintf(text, sizeof text, "451 4.3.0 %.200s; the message waits and is retried", j->res.reason);
+      snprintf(text, sizeof text, "451 4.3.0 %.200s; the message waits and is retried", j->res.res.reason);
       dl__fail_all(dl, m, 451, text, NULL);
       return;
     case OUTGOING_FAIL:
-      snprintf(text, sizeof text, "554 5.7.0 %.200s", j->res.reason);
+      snprintf(text, sizeof text, "554 5.7.0 %.200s", j->res.res.reason);
       dl__fail_all(dl, m, 554, text, NULL);
       return;
     case OUTGOING_NOKEYS:
-      if (j->rq.profile->missing_key_action == CONFIG_MISSING_DROP) dl__nokeys_drop(dl, m, j->res.keyed);
-      else if (j->rq.profile->missing_key_action == CONFIG_MISSING_SPLIT) dl__nokeys_split(dl, m, j->res.keyed);
-      else dl__nokeys_bounce(dl, m, j->res.keyed);
+      if (j->res.profile->missing_key_action == CONFIG_MISSING_DROP) dl__nokeys_drop(dl, m, j->res.res.keyed);
+      else if (j->res.profile->missing_key_action == CONFIG_MISSING_SPLIT) dl__nokeys_split(dl, m, j->res.res.keyed);
+      else dl__nokeys_bounce(dl, m, j->res.res.keyed);
       return;
     case OUTGOING_DONE:
       return;
@@ -1031,17 +1065,19 @@ static void dl__smime_done(void *arg) {
   dl->jobs--;
   m->loading = false;
   h->q_bytes -= j->counted;
-  m->data = j->data; /* back, unless outgoing freed it once the entity was made */
-  j->data = NULL;
-  m->action = j->res.action;
+  m->data = j->rq.data; /* back, unless outgoing freed it once the entity was made */
+  j->rq.data = NULL;
+  m->action = j->res.res.action;
   m->smime_ms = timeutil_mono_ms() - j->t0;
-  m->smime_message = j->smime_message;
-  m->smime_verified = j->smime_verified;
-  if (j->res.status == OUTGOING_DONE && !(m->wire = buf_steal(&j->res.out, &m->wire_len))) {
-    j->res.status = OUTGOING_TEMP;
-    snprintf(j->res.reason, sizeof j->res.reason, "out of memory");
+  m->smime_message = j->res.smime_message;
+  m->smime_verified = j->res.smime_verified;
+  bool send = j->res.verdict == PROCESS_SEND && j->res.res.status == OUTGOING_DONE;
+  if (send && !(m->wire = buf_steal(&j->res.res.out, &m->wire_len))) {
+    j->res.res.status = OUTGOING_TEMP;
+    snprintf(j->res.res.reason, sizeof j->res.res.reason, "out of memory");
+    send = false;
   }
-  if (j->res.status == OUTGOING_DONE) {
+  if (send) {
     h->q_bytes += dl__ready_bytes(m);
   } else {
     struct spool_msg *prev = NULL, *q = h->q_head;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/quarantine.h"
 #include "core/sgerr.h"
 
 /* Per-match budgets: the pattern is the admin's, the subject an attacker's,
@@ -40,7 +41,7 @@ struct filter__tok {
 struct filter__parser {
   const char *pos; /* next byte to lex */
   int line, col;   /* position of pos, text-relative, 1-based */
-  int base_line;
+  int base_line, base_column;
   struct filter__tok tok; /* the lookahead */
   const char *fname;      /* filter being parsed (points into the text), or NULL */
   size_t fname_len;
@@ -107,6 +108,7 @@ static int filter__fail_at(struct filter__parser *p, int line, int col, int code
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   long l = (long)p->base_line + line - 1;
+  col += p->base_column;
   if (p->fname)
     sgerr_fail(p->err, p->errlen, code, "line %ld, column %d: filter '%.*s': %s", l, col, (int)p->fname_len,
                p->fname, msg);
@@ -571,9 +573,10 @@ static int filter__parse_cond(struct filter__parser *p, struct filter_cond **out
 }
 
 /* Common start of every entry point: arguments, size, first token. */
-static int filter__begin(struct filter__parser *p, const char *text, int base_line, char *err, size_t errlen) {
+static int filter__begin(struct filter__parser *p, const char *text, int base_line, int base_column, char *err,
+                         size_t errlen) {
   *p = (struct filter__parser){.pos = text, .line = 1, .col = 1, .base_line = base_line < 1 ? 1 : base_line,
-                               .err = err, .errlen = errlen};
+                               .base_column = base_column < 0 ? 0 : base_column, .err = err, .errlen = errlen};
   if (err && errlen) err[0] = '\0';
   if (!text) return sgerr_fail(err, errlen, SG_EINVAL, "no text");
   if (strnlen(text, FILTER_MAX_TEXT + 1) > FILTER_MAX_TEXT)
@@ -581,12 +584,13 @@ static int filter__begin(struct filter__parser *p, const char *text, int base_li
   return filter__next(p);
 }
 
-int filter_cond_compile(const char *text, int base_line, struct filter_cond **out, char *err, size_t errlen) {
+int filter_cond_compile(const char *text, int base_line, int base_column, struct filter_cond **out, char *err,
+                        size_t errlen) {
   struct filter__parser p;
   struct filter_cond *c = NULL;
   if (!out) return sgerr_fail(err, errlen, SG_EINVAL, "no output");
   *out = NULL;
-  int rc = filter__begin(&p, text, base_line, err, errlen);
+  int rc = filter__begin(&p, text, base_line, base_column, err, errlen);
   if (rc) return rc;
   if (filter__parse_cond(&p, &c)) return p.rc;
   if (p.tok.kind != TK_EOF) {
@@ -703,16 +707,6 @@ void filter_action_clear(struct filter_action *a) {
   *a = (struct filter_action){0};
 }
 
-/* Quarantine names become folder names in the quarantine store, so they
- * are kept to a safe alphabet here, where the admin sees the error. */
-static bool filter__quarantine_name_ok(const char *s) {
-  size_t n = strlen(s);
-  if (n == 0 || n > 64 || s[0] == '.') return false;
-  for (; *s; s++)
-    if (!filter__ident_char(*s)) return false;
-  return true;
-}
-
 /* The argument i (0-based) of action a, parsed from token t: is it valid?
  * A header value needs no check for line breaks: a string cannot hold one
  * (filter__lex_string), so insert-header cannot inject a second field. */
@@ -720,7 +714,7 @@ static int filter__check_arg(struct filter__parser *p, const struct filter_actio
                              const struct filter__tok *t) {
   const char *v = i == 0 ? a->arg1 : a->arg2;
   const char *why = NULL;
-  if (a->kind == FILTER_QUARANTINE && !filter__quarantine_name_ok(v))
+  if (a->kind == FILTER_QUARANTINE && !quarantine_name_ok(v)) /* becomes a folder name */
     why = "quarantine name must be 1-64 letters, digits, '_', '-' or '.', not starting with '.'";
   else if (a->kind == FILTER_INSERT_HEADER && i == 0 && !filter__field_name_ok(v))
     why = "bad header name";
@@ -764,6 +758,8 @@ static int filter__parse_action(struct filter__parser *p, struct filter_action *
                            "drop, bounce, insert-header or deliver)",
                            p->tok.len > 40 ? 40 : (int)p->tok.len, p->tok.s);
   a->kind = filter__actions[i].kind;
+  a->line = p->base_line + p->tok.line - 1;
+  a->column = p->base_column + p->tok.col;
   if (filter__next(p) || filter__action_args(p, i, a)) {
     filter_action_clear(a);
     return p->rc;
@@ -771,11 +767,12 @@ static int filter__parse_action(struct filter__parser *p, struct filter_action *
   return 0;
 }
 
-int filter_action_parse(const char *text, struct filter_action *out, char *err, size_t errlen) {
+int filter_action_parse(const char *text, int base_line, int base_column, struct filter_action *out, char *err,
+                        size_t errlen) {
   struct filter__parser p;
   if (!out) return sgerr_fail(err, errlen, SG_EINVAL, "no output");
   *out = (struct filter_action){0};
-  int rc = filter__begin(&p, text, 1, err, errlen);
+  int rc = filter__begin(&p, text, base_line, base_column, err, errlen);
   if (rc) return rc;
   if (filter__parse_action(&p, out)) return p.rc;
   if (p.tok.kind != TK_EOF) {
@@ -787,6 +784,24 @@ int filter_action_parse(const char *text, struct filter_action *out, char *err, 
 }
 
 /* ---- programs --------------------------------------------------------------------------- */
+
+const char *filter_program_action_filter(const struct filter_program *p, const struct filter_action *a) {
+  for (size_t i = 0; p && i < p->n; i++)
+    for (size_t b = 0; b < p->f[i].n_br; b++)
+      if (a >= p->f[i].br[b].acts && a < p->f[i].br[b].acts + p->f[i].br[b].n_acts) return p->f[i].name;
+  return NULL;
+}
+
+int filter_program_each_action(const struct filter_program *p,
+                               int (*fn)(const char *filter, const struct filter_action *a, void *arg), void *arg) {
+  for (size_t i = 0; p && i < p->n; i++)
+    for (size_t b = 0; b < p->f[i].n_br; b++)
+      for (size_t k = 0; k < p->f[i].br[b].n_acts; k++) {
+        int rc = fn(p->f[i].name, &p->f[i].br[b].acts[k], arg);
+        if (rc) return rc;
+      }
+  return 0;
+}
 
 static void filter__branch_clear(struct filter__branch *b) {
   filter_cond_free(b->cond);
@@ -897,11 +912,12 @@ static int filter__parse_filter(struct filter__parser *p, struct filter_program 
   return 0;
 }
 
-int filter_program_compile(const char *text, int base_line, struct filter_program **out, char *err, size_t errlen) {
+int filter_program_compile(const char *text, int base_line, int base_column, struct filter_program **out, char *err,
+                           size_t errlen) {
   struct filter__parser p;
   if (!out) return sgerr_fail(err, errlen, SG_EINVAL, "no output");
   *out = NULL;
-  int rc = filter__begin(&p, text, base_line, err, errlen);
+  int rc = filter__begin(&p, text, base_line, base_column, err, errlen);
   if (rc) return rc;
   struct filter_program *prog = calloc(1, sizeof *prog);
   if (!prog) return filter__oom(&p);

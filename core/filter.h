@@ -26,7 +26,10 @@
  *   after condition, found '{'
  * Lines are base_line + (line within the text - 1): pass the config file
  * line where the text starts, or 1 for numbers relative to the text.
- * Columns are 1-based and count characters (UTF-8 sequences), not bytes.
+ * Columns are base_column + the 1-based column within the text, counting
+ * characters (UTF-8 sequences), not bytes: pass how many characters stand
+ * before the text on its lines in the file (a block scalar's indentation,
+ * the key and quote before a one-line string), or 0.
  * On failure nothing is returned (*out stays NULL) and nothing leaks.
  *
  * The language (the vendor's syntax):
@@ -92,6 +95,7 @@ enum filter_action_kind {
 struct filter_action {
   enum filter_action_kind kind;
   char *arg1, *arg2;
+  int line, column; /* where the action's name stands (base_line/base_column applied) */
 };
 
 /* What evaluation sees of a message.  Strings are NUL-terminated (header
@@ -115,7 +119,8 @@ struct filter_msg {
 
 /* Compile one condition (a content filter's `condition:`).  *out owned by
  * the caller: filter_cond_free. */
-int filter_cond_compile(const char *text, int base_line, struct filter_cond **out, char *err, size_t errlen);
+int filter_cond_compile(const char *text, int base_line, int base_column, struct filter_cond **out, char *err,
+                        size_t errlen);
 void filter_cond_free(struct filter_cond *c); /* NULL is fine */
 
 /* Whether c holds for m.  Tests inside and/or stop as soon as the result
@@ -135,15 +140,17 @@ bool filter_cond_needs_body(const struct filter_cond *c);
 
 /* One content-filter action string, e.g. `smime-gateway("signenc")`.  On
  * success out's strings belong to the caller (filter_action_clear); on
- * failure out is zeroed.  Positions in err are relative to the string. */
-int filter_action_parse(const char *text, struct filter_action *out, char *err, size_t errlen);
+ * failure out is zeroed.  Positions in err as for filter_cond_compile. */
+int filter_action_parse(const char *text, int base_line, int base_column, struct filter_action *out, char *err,
+                        size_t errlen);
 void filter_action_clear(struct filter_action *a); /* frees the args, zeroes *a */
 bool filter_action_is_final(const struct filter_action *a);
 
 /* Compile a `message_filters:` program.  An empty program (or only
  * comments) is valid and runs no filter.  *out owned by the caller:
  * filter_program_free. */
-int filter_program_compile(const char *text, int base_line, struct filter_program **out, char *err, size_t errlen);
+int filter_program_compile(const char *text, int base_line, int base_column, struct filter_program **out, char *err,
+                           size_t errlen);
 void filter_program_free(struct filter_program *p); /* NULL is fine */
 
 /* Run p on m: for each filter in order, the actions of its first branch
@@ -155,6 +162,17 @@ void filter_program_free(struct filter_program *p); /* NULL is fine */
  * (treat as a temporary failure of the message). */
 int filter_program_run(const struct filter_program *p, const struct filter_msg *m, const struct filter_action ***out,
                        size_t *n_out);
+
+/* Call fn for every action of every branch of p, in order, with the name
+ * of the filter it belongs to; stops at the first non-zero return and
+ * returns it (0 when fn never objected).  For checks that need more than
+ * the text, such as "does this sending profile exist" (config.c). */
+int filter_program_each_action(const struct filter_program *p,
+                               int (*fn)(const char *filter, const struct filter_action *a, void *arg), void *arg);
+
+/* The name of the filter of p that action a (a pointer filter_program_run
+ * returned) belongs to, or NULL if it is not one of p's. */
+const char *filter_program_action_filter(const struct filter_program *p, const struct filter_action *a);
 
 /* Does any condition of p test the body? */
 bool filter_program_needs_body(const struct filter_program *p);

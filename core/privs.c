@@ -43,7 +43,7 @@ static int privs__chown_instance(const struct config *cfg, char *err, size_t err
   if (!rc) rc = privs__chown(cfg->path, NULL, 0, err, errlen);
   if (!rc) rc = privs__chown(cfg->dir, "lock", 0, err, errlen);
   if (!rc) rc = privs__chown(cfg->dir, "control.sock", 0, err, errlen);
-  if (!rc) rc = privs__chown(cfg->dir, "quarantine", 1, err, errlen);
+  if (!rc) rc = privs__chown(cfg->quarantine_dir, NULL, 1, err, errlen);
   if (!rc) rc = privs__chown(cfg->spool_dir, NULL, 1, err, errlen);
   if (!rc) rc = privs__chown(cfg->key_store, NULL, 1, err, errlen);
   if (!rc) rc = privs__chown(cfg->hsm.pin_file, NULL, 0, err, errlen);

@@ -43,10 +43,12 @@ enum spool_flags {
                                  (missing_key_action: split): signed at most, never encrypted */
   SPOOL_F_SMIME = 1u << 3,    /* accepted on a listener with a sending profile: never relayed
                                  unprocessed, even if a reload removes the profile */
+  SPOOL_F_RELEASED = 1u << 4, /* released from quarantine (core/quarantine.h): processed
+                                 again, filters included, but quarantine actions skipped */
 };
 /* Every flag this version knows; a reader refuses others, so a new flag must
  * be added here (and, if old readers must not see it, bump the version). */
-#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN | SPOOL_F_PLAIN | SPOOL_F_SMIME)
+#define SPOOL_F_KNOWN (SPOOL_F_8BITMIME | SPOOL_F_DSN | SPOOL_F_PLAIN | SPOOL_F_SMIME | SPOOL_F_RELEASED)
 
 /* Envelope of a queued message.  Strings are NUL-terminated. */
 struct spool_envelope {

@@ -190,6 +190,28 @@ static size_t field_count(const char *p, size_t n, const char *name) {
   return count;
 }
 
+size_t mime_header_index(const char *msg, size_t len, struct mime_field *out, size_t max) {
+  size_t n = 0, off = 0;
+  while (off < len) {
+    const char *p = msg + off;
+    size_t eol, k = line_next(p, len - off, &eol);
+    bool cont = k && (p[0] == ' ' || p[0] == '\t');
+    if (k == 0 || (!cont && !line_is_field(p, k))) break;
+    if (cont && n > 0 && n <= max) {
+      out[n - 1].value_len = off + k - out[n - 1].value_off;
+    } else if (!cont) {
+      if (n < max) {
+        size_t colon = (size_t)((const char *)memchr(p, ':', k) - p), name = 0;
+        while (name < colon && p[name] != ' ' && p[name] != '\t') name++;
+        out[n] = (struct mime_field){off, name, off + colon + 1, k - colon - 1};
+      }
+      n++;
+    }
+    off += k + eol;
+  }
+  return n < max ? n : max;
+}
+
 struct header_split {
   struct buf outer;   /* CRLF-terminated fields that stay outside */
   struct buf ehdr;    /* the entity's Content-* fields, CRLF-terminated */

@@ -97,6 +97,17 @@ struct mime_range {
 int mime_multipart_parts(const char *body, size_t len, const char *boundary, struct mime_range *parts,
                          size_t max, size_t *n_out);
 
+/* One header field of a message, as byte ranges in it: the name, and the
+ * raw value after the ':' up to the end of its last continuation line
+ * (folding kept, final line end excluded). */
+struct mime_field {
+  size_t name_off, name_len, value_off, value_len;
+};
+/* Index msg's header block: at most max fields into out (later ones are
+ * not seen); returns how many.  The block ends at the empty line, or at
+ * the first line that is neither a field nor a continuation. */
+size_t mime_header_index(const char *msg, size_t len, struct mime_field *out, size_t max);
+
 /* Line ends made CRLF: 1 (out untouched) if they all are already, else 0
  * with the canonical bytes appended to out, or SG_ENOMEM. */
 int mime_crlf(const char *p, size_t n, struct buf *out);

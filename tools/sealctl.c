@@ -65,10 +65,11 @@ static void ctl_usage(FILE *f) {
           "  ca import NAME FILE.pem   a CA list (certificates and their CRLs) for verifying\n"
           "                        incoming mail\n"
           "  ca list | delete NAME\n"
+          "  quarantine list [NAME] | show ID [--body] | release ID | delete ID\n"
+          "  profile list | show NAME | export FILE | import FILE | search TEXT | delete NAME\n"
+          "                        sending profiles (in the config; \"-\" = stdout/stdin)\n"
           "Global options -c and --json may stand anywhere. Exit 0 success,\n"
-          "1 failed operation, 2 bad usage.\n"
-          "Commands of later issues (quarantine, profile)\n"
-          "are not available in this version.\n");
+          "1 failed operation, 2 bad usage.\n");
 }
 
 /* ---- config and control helpers -------------------------------------------- */
@@ -428,11 +429,6 @@ static int ctl_init(const struct ctl *c) {
 
 /* ---- main ------------------------------------------------------------------ */
 
-static int ctl_later(const char *cmd) {
-  fprintf(stderr, "sealctl: '%s' is not available in this version of sealgate\n", cmd);
-  return 1;
-}
-
 int main(int argc, char **argv) {
   struct ctl c = {NULL, false, 0, calloc((size_t)argc + 1, sizeof(char *))};
   if (!c.argv) return 1;
@@ -457,7 +453,6 @@ int main(int argc, char **argv) {
   }
   if (c.argc == 0) return ctl_usage_error("no command given%s", "");
   const char *cmd = c.argv[0];
-  static const char *later[] = {"quarantine", "profile"};
   int rc;
   if (strcmp(cmd, "init") == 0) rc = ctl_init(&c);
   else if (strcmp(cmd, "config") == 0) rc = ctl_config(&c);
@@ -468,12 +463,9 @@ int main(int argc, char **argv) {
   else if (strcmp(cmd, "pubkey") == 0) rc = ctl_pubkey(&c);
   else if (strcmp(cmd, "harvested") == 0) rc = ctl_harvested(&c);
   else if (strcmp(cmd, "ca") == 0) rc = ctl_ca(&c);
-  else {
-    rc = -1;
-    for (size_t i = 0; i < sizeof later / sizeof *later; i++)
-      if (strcmp(cmd, later[i]) == 0) rc = ctl_later(cmd);
-    if (rc < 0) rc = ctl_usage_error("unknown command '%s'", cmd);
-  }
+  else if (strcmp(cmd, "quarantine") == 0) rc = ctl_quarantine(&c);
+  else if (strcmp(cmd, "profile") == 0) rc = ctl_profile(&c);
+  else rc = ctl_usage_error("unknown command '%s'", cmd);
   free(c.argv);
   return rc;
 }

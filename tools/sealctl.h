@@ -2,7 +2,8 @@
  * sealctl - shared pieces of the admin command line (sealctl.c holds
  * main, init, config, queue and reload; sealctl_cert.c the certificate
  * and alert commands; sealctl_pubkey.c the public key, harvested key and
- * CA commands and the key store's alerts).  Exit codes: 0 success, 1
+ * CA commands and the key store's alerts; sealctl_quarantine.c and
+ * sealctl_profile.c their commands).  Exit codes: 0 success, 1
  * failed operation, 2 bad usage.
  */
 #ifndef SEALGATE_SEALCTL_H
@@ -50,6 +51,10 @@ int ctl_alerts(const struct ctl *c);
 int ctl_pubkey(const struct ctl *c);
 int ctl_harvested(const struct ctl *c);
 int ctl_ca(const struct ctl *c);
+/* sealctl_quarantine.c: quarantine list|show|release|delete. */
+int ctl_quarantine(const struct ctl *c);
+/* sealctl_profile.c: profile list|show|export|import|search|delete. */
+int ctl_profile(const struct ctl *c);
 /* alerts list's key store half (sealctl_pubkey.c): prints the harvest
  * alerts as rows after n_before rows already printed (JSON commas);
  * returns how many, or -1 when the store could not be read (printed). */

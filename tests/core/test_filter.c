@@ -83,7 +83,7 @@ static struct filter_msg fake_msg(struct fake *f) {
 static bool holds(const char *text, const struct filter_msg *m) {
   struct filter_cond *c = NULL;
   char err[256] = "";
-  int rc = filter_cond_compile(text, 1, &c, err, sizeof err);
+  int rc = filter_cond_compile(text, 1, 0, &c, err, sizeof err);
   if (rc) fail_msg("'%s' did not compile: %s", text, err);
   bool r = filter_cond_eval(c, m);
   filter_cond_free(c);
@@ -93,7 +93,7 @@ static bool holds(const char *text, const struct filter_msg *m) {
 static void cond_error(const char *text, int base_line, int code, const char *want) {
   struct filter_cond *c = (struct filter_cond *)&c; /* must be reset to NULL */
   char err[256] = "";
-  assert_int_equal(filter_cond_compile(text, base_line, &c, err, sizeof err), code);
+  assert_int_equal(filter_cond_compile(text, base_line, 0, &c, err, sizeof err), code);
   assert_null(c);
   assert_string_equal(err, want);
 }
@@ -101,7 +101,7 @@ static void cond_error(const char *text, int base_line, int code, const char *wa
 static void program_error(const char *text, int base_line, const char *want) {
   struct filter_program *p = (struct filter_program *)&p;
   char err[256] = "";
-  assert_int_equal(filter_program_compile(text, base_line, &p, err, sizeof err), SG_ESYNTAX);
+  assert_int_equal(filter_program_compile(text, base_line, 0, &p, err, sizeof err), SG_ESYNTAX);
   assert_null(p);
   assert_string_equal(err, want);
 }
@@ -109,7 +109,7 @@ static void program_error(const char *text, int base_line, const char *want) {
 static struct filter_program *compile_program(const char *text) {
   struct filter_program *p = NULL;
   char err[256] = "";
-  int rc = filter_program_compile(text, 1, &p, err, sizeof err);
+  int rc = filter_program_compile(text, 1, 0, &p, err, sizeof err);
   if (rc) fail_msg("program did not compile: %s", err);
   return p;
 }
@@ -294,7 +294,7 @@ static void test_needs_body(void **state) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     struct filter_cond *c = NULL;
-    assert_int_equal(filter_cond_compile(cases[i].text, 1, &c, NULL, 0), 0);
+    assert_int_equal(filter_cond_compile(cases[i].text, 1, 0, &c, NULL, 0), 0);
     assert_int_equal(filter_cond_needs_body(c), cases[i].body);
     filter_cond_free(c);
   }
@@ -380,7 +380,7 @@ static void test_deep_nesting_refused(void **state) {
   for (size_t i = 0; i < big; i++) memcpy(nots + i * 4, "not ", 4);
   strcpy(nots + big * 4, "smime-gateway-message");
   struct filter_cond *c = NULL;
-  assert_int_equal(filter_cond_compile(nots, 1, &c, NULL, 0), SG_ELIMIT);
+  assert_int_equal(filter_cond_compile(nots, 1, 0, &c, NULL, 0), SG_ELIMIT);
   assert_null(c);
   free(nots);
 }
@@ -411,10 +411,10 @@ static void test_text_too_long(void **state) {
   text[FILTER_MAX_TEXT + 1] = '\0';
   struct filter_program *p = NULL;
   char err[128];
-  assert_int_equal(filter_program_compile(text, 1, &p, err, sizeof err), SG_ETOOBIG);
+  assert_int_equal(filter_program_compile(text, 1, 0, &p, err, sizeof err), SG_ETOOBIG);
   assert_null(p);
   text[FILTER_MAX_TEXT] = '\0'; /* exactly the limit: an empty program */
-  assert_int_equal(filter_program_compile(text, 1, &p, err, sizeof err), 0);
+  assert_int_equal(filter_program_compile(text, 1, 0, &p, err, sizeof err), 0);
   assert_int_equal(filter_program_count(p), 0);
   filter_program_free(p);
   free(text);
@@ -441,7 +441,7 @@ static void test_every_action(void **state) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     struct filter_action a;
     char err[256] = "";
-    assert_int_equal(filter_action_parse(cases[i].text, &a, err, sizeof err), 0);
+    assert_int_equal(filter_action_parse(cases[i].text, 1, 0, &a, err, sizeof err), 0);
     assert_int_equal(a.kind, cases[i].kind);
     if (cases[i].arg1) assert_string_equal(a.arg1, cases[i].arg1);
     else assert_null(a.arg1);
@@ -456,7 +456,7 @@ static void test_every_action(void **state) {
 static void action_error(const char *text, const char *want) {
   struct filter_action a = {.kind = FILTER_DELIVER, .arg1 = (char *)"stale"};
   char err[256] = "";
-  assert_int_equal(filter_action_parse(text, &a, err, sizeof err), SG_ESYNTAX);
+  assert_int_equal(filter_action_parse(text, 1, 0, &a, err, sizeof err), SG_ESYNTAX);
   assert_null(a.arg1);
   assert_null(a.arg2);
   assert_string_equal(err, want);
@@ -694,7 +694,7 @@ static void test_alloc_failures(void **state) {
     struct filter_program *p = (struct filter_program *)&p;
     char err[256];
     alloc_countdown = n;
-    rc = filter_program_compile(text, 1, &p, err, sizeof err);
+    rc = filter_program_compile(text, 1, 0, &p, err, sizeof err);
     alloc_countdown = -1;
     if (rc == SG_ENOMEM) {
       assert_null(p);

@@ -60,7 +60,7 @@ static void check_error(int rc, const char *err) {
 static void one_program(const char *text) {
   struct filter_program *p = NULL;
   char err[256] = "";
-  int rc = filter_program_compile(text, 1, &p, err, sizeof err);
+  int rc = filter_program_compile(text, 1, 0, &p, err, sizeof err);
   if (rc) {
     if (p) abort();
     check_error(rc, err);
@@ -81,7 +81,7 @@ static void one_program(const char *text) {
 static void one_cond(const char *text) {
   struct filter_cond *c = NULL;
   char err[256] = "";
-  int rc = filter_cond_compile(text, 7, &c, err, sizeof err);
+  int rc = filter_cond_compile(text, 7, 0, &c, err, sizeof err);
   if (rc) {
     if (c) abort();
     check_error(rc, err);
@@ -95,7 +95,7 @@ static void one_cond(const char *text) {
 static void one_action(const char *text) {
   struct filter_action a;
   char err[256] = "";
-  int rc = filter_action_parse(text, &a, err, sizeof err);
+  int rc = filter_action_parse(text, 1, 0, &a, err, sizeof err);
   if (rc) {
     if (a.arg1 || a.arg2) abort();
     check_error(rc, err);
