@@ -929,12 +929,12 @@ static int parse_records(struct ctx *x, const struct rec_spec *s, yaml_node_t *n
 static const char *const DIRECTIONS[] = {"outgoing", "incoming", NULL};
 static const char *const LISTENER_TLS[] = {"none", "may", "required", NULL};
 static const char *const NEXT_HOP_TLS[] = {"none", "may", "required", "verify", NULL};
-static const char *const MODES[] = {"sign", "encrypt", "sign-encrypt", "triple", NULL};
-static const char *const SIGN_MODES[] = {"detached", "opaque", NULL};
-static const char *const MISSING_KEY[] = {"bounce", "drop", "split", NULL};
-static const char *const ENCRYPTIONS[] = {"auto", "aes256-cbc", "aes256-gcm", NULL};
-static const char *const SIGNATURES[] = {"rsa-pkcs1", "rsa-pss", NULL};
-static const char *const KEY_TRANSPORTS[] = {"rsa-pkcs1", "rsa-oaep", NULL};
+const char *const config_mode_names[] = {"sign", "encrypt", "sign-encrypt", "triple", NULL};
+const char *const config_sign_mode_names[] = {"detached", "opaque", NULL};
+const char *const config_missing_key_names[] = {"bounce", "drop", "split", NULL};
+const char *const config_encryption_names[] = {"auto", "aes256-cbc", "aes256-gcm", NULL};
+const char *const config_signature_names[] = {"rsa-pkcs1", "rsa-pss", NULL};
+const char *const config_key_transport_names[] = {"rsa-pkcs1", "rsa-oaep", NULL};
 static const char *const REVOCATIONS[] = {"soft", "hard", NULL};
 
 #define REQ .required = true
@@ -982,13 +982,13 @@ static int parse_flow_policies(struct ctx *x, const struct field *f, yaml_node_t
 /* Sending profiles. */
 static const struct field PROFILE_FIELDS[] = {
     F("name", T_NAME, struct config_sending_profile, name, REQ),
-    F("mode", T_ENUM, struct config_sending_profile, mode, REQ, .names = MODES),
+    F("mode", T_ENUM, struct config_sending_profile, mode, REQ, .names = config_mode_names),
     F("signing_certificate", T_NAME, struct config_sending_profile, signing_certificate),
-    F("sign_mode", T_ENUM, struct config_sending_profile, sign_mode, .names = SIGN_MODES),
-    F("missing_key_action", T_ENUM, struct config_sending_profile, missing_key_action, .names = MISSING_KEY),
-    F("encryption", T_ENUM, struct config_sending_profile, encryption, .names = ENCRYPTIONS),
-    F("signature", T_ENUM, struct config_sending_profile, signature, .names = SIGNATURES),
-    F("key_transport", T_ENUM, struct config_sending_profile, key_transport, .names = KEY_TRANSPORTS),
+    F("sign_mode", T_ENUM, struct config_sending_profile, sign_mode, .names = config_sign_mode_names),
+    F("missing_key_action", T_ENUM, struct config_sending_profile, missing_key_action, .names = config_missing_key_names),
+    F("encryption", T_ENUM, struct config_sending_profile, encryption, .names = config_encryption_names),
+    F("signature", T_ENUM, struct config_sending_profile, signature, .names = config_signature_names),
+    F("key_transport", T_ENUM, struct config_sending_profile, key_transport, .names = config_key_transport_names),
     {0}};
 
 /* Keys that only mean something when the mode signs (true) or encrypts. */
@@ -1007,10 +1007,10 @@ static int check_profile(struct ctx *x, yaml_node_t *map, void *rec, size_t idx)
     yaml_node_t *k = map_get(x, map, PROFILE_MODE_KEYS[i].key);
     if (k && !applies)
       return fail(x, k, "%s does not apply to mode %s (it does not %s)", PROFILE_MODE_KEYS[i].key,
-                  MODES[p->mode], PROFILE_MODE_KEYS[i].for_signing ? "sign" : "encrypt");
+                  config_mode_names[p->mode], PROFILE_MODE_KEYS[i].for_signing ? "sign" : "encrypt");
   }
   if (signs && !p->signing_certificate)
-    return fail(x, map, "mode %s signs, so it needs signing_certificate", MODES[p->mode]);
+    return fail(x, map, "mode %s signs, so it needs signing_certificate", config_mode_names[p->mode]);
   return 0;
 }
 

@@ -68,6 +68,11 @@ enum config_encryption { CONFIG_ENC_AUTO = 0, CONFIG_ENC_AES256_CBC, CONFIG_ENC_
 enum config_signature { CONFIG_SIG_RSA_PKCS1 = 0, CONFIG_SIG_RSA_PSS };
 enum config_key_transport { CONFIG_KT_RSA_PKCS1 = 0, CONFIG_KT_RSA_OAEP };
 
+/* The words the file uses for each value of the profile enums (index =
+ * value; NULL-terminated), for tools that write profiles back. */
+extern const char *const config_mode_names[], *const config_sign_mode_names[], *const config_missing_key_names[],
+    *const config_encryption_names[], *const config_signature_names[], *const config_key_transport_names[];
+
 struct config_sending_profile {
   char *name;
   enum config_mode mode;

@@ -18,6 +18,7 @@
 #include "core/delivery.h"
 #include "core/listener.h"
 #include "core/log.h"
+#include "crypto/mime.h"
 #include "core/quarantine.h"
 #include "core/release.h"
 #include "core/privs.h"
@@ -100,6 +101,7 @@ static int daemon__reload(struct daemon_main *m, char *err, size_t errlen) {
   if (!daemon__same(oc->spool_dir, nc->spool_dir)) fixed = "spool_dir";
   else if (config_effective_shards(oc) != config_effective_shards(nc)) fixed = "shards";
   else if (!daemon__same(oc->user, nc->user)) fixed = "user";
+  else if (!daemon__same(oc->quarantine_dir, nc->quarantine_dir)) fixed = "quarantine_dir"; /* made and owned at start */
   else if (!daemon__same(oc->hsm.module, nc->hsm.module) || !daemon__same(oc->hsm.token, nc->hsm.token) ||
            !daemon__same(oc->hsm.pin_file, nc->hsm.pin_file) ||
            !daemon__same(oc->hsm.softhsm_conf, nc->hsm.softhsm_conf) ||
@@ -422,6 +424,7 @@ int daemon_run(const char *config_path) {
   char err[1024];
   rcu_register_thread();
   signal(SIGPIPE, SIG_IGN);
+  mime_init(); /* GMime's one-time init, before any crypto worker may need it */
   struct config *cfg;
   if (config_load(config_path, &cfg, err, sizeof err) != 0) {
     fprintf(stderr, "sealgate: %s\n", err);

@@ -198,11 +198,26 @@ static void dl__fin_free(struct dl_fin *f) {
 
 static void dl__defer(struct delivery *dl, struct spool_msg *m);
 
+/* Before the recipient list first shrinks (a split, a partial delivery),
+ * keep the whole list as the original recipients ('O' records), so that
+ * filters judge the rest as they judged the message (core/policy.h).
+ * false without memory. */
+static bool dl__remember_rcpts(struct spool_envelope *e) {
+  if (e->n_orig_rcpts) return true;
+  if (spool_rcpts_copy(&e->orig_rcpts, &e->n_orig_rcpts, e->rcpts, e->n_rcpts) == 0) return true;
+  for (size_t i = 0; i < e->n_orig_rcpts; i++) free(e->orig_rcpts[i]);
+  free(e->orig_rcpts);
+  e->orig_rcpts = NULL;
+  e->n_orig_rcpts = 0;
+  return false;
+}
+
 /* Replace the envelope's recipient list with the pending ones. */
 static void dl__keep_pending(struct dl_fin *f) {
   struct spool_envelope *e = &f->m->env;
+  if (!dl__remember_rcpts(e)) return; /* keep them all: a duplicate is better than a loss */
   char **keep = malloc((f->n_pending ? f->n_pending : 1) * sizeof *keep);
-  if (!keep) return; /* keep them all: a duplicate is better than a loss */
+  if (!keep) return;
   size_t k = 0;
   for (size_t i = 0; i < e->n_rcpts; i++) {
     bool pend = false;
@@ -908,7 +923,8 @@ static void dl__split_free(struct dl_split *sp) {
 static struct spool_msg *dl__group_copy(struct delivery *dl, const struct spool_msg *m, const struct dl_split *sp,
                                         size_t g) {
   struct spool_msg *c = calloc(1, sizeof *c);
-  if (!c || spool_envelope_copy(&c->env, &m->env) != 0 || !(c->data = malloc(m->data_len ? m->data_len : 1))) {
+  if (!c || spool_envelope_copy(&c->env, &m->env) != 0 || !dl__remember_rcpts(&c->env) ||
+      !(c->data = malloc(m->data_len ? m->data_len : 1))) {
     spool_msg_free(c);
     return NULL;
   }
@@ -1163,6 +1179,13 @@ int delivery_init(struct shard *sh, struct delivery **out) {
 void delivery_enqueue(struct delivery *dl, struct spool_msg *m) {
   dl__own(dl, m);
   dl__route(dl, m);
+}
+
+void delivery_hold(struct delivery *dl) { dl->jobs++; }
+
+void delivery_unhold(struct delivery *dl) {
+  dl->jobs--;
+  shard_check_idle(dl->sh);
 }
 
 void delivery_flush(struct delivery *dl) {

@@ -31,6 +31,12 @@ void delivery_flush(struct delivery *dl);
  * never lets into an address), last error; fields
  * separated by tabs, no tabs or newlines inside fields. */
 void delivery_list(struct delivery *dl, struct buf *out);
+/* A spool job started on this shard for a message that will then be
+ * enqueued (core/release.c): while held, the shard does not finish
+ * draining (delivery_idle is false).  Pair each hold with one unhold, on
+ * the shard's loop. */
+void delivery_hold(struct delivery *dl);
+void delivery_unhold(struct delivery *dl);
 /* Stop starting deliveries; transactions in flight finish. */
 void delivery_drain(struct delivery *dl);
 /* True when nothing is in flight (no connection busy, no spool job pending). */

@@ -66,6 +66,7 @@ struct filter__node {
   uint64_t num;
   char *str;       /* header name or body-contains text */
   pcre2_code *re;
+  bool jit;        /* re was JIT-compiled: matched with pcre2_jit_match */
   struct filter__node **kids; /* FK_AND / FK_OR: n_kids; FK_NOT: one */
   size_t n_kids;
 };
@@ -376,7 +377,7 @@ static int filter__regex(struct filter__parser *p, struct filter__node *n) {
     return filter__fail_at(p, t.line, filter__value_col(&t, off), SG_ESYNTAX, "bad regular expression: %s", msg);
   }
   /* JIT is an optimisation only: without it the interpreter matches. */
-  (void)pcre2_jit_compile(n->re, PCRE2_JIT_COMPLETE);
+  n->jit = pcre2_jit_compile(n->re, PCRE2_JIT_COMPLETE) == 0;
   return 0;
 }
 
@@ -609,15 +610,39 @@ bool filter_cond_needs_body(const struct filter_cond *c) { return c && c->root &
 struct filter__eval {
   const struct filter_msg *m;
   const pcre2_match_context *mctx;
-  pcre2_match_data *md; /* created on the first regex, freed by the caller */
+  pcre2_match_data *md; /* the caller's scratch, or created on the first regex and freed by the caller */
 };
 
-static bool filter__match(struct filter__eval *e, const pcre2_code *re, const char *s) {
+/* The match data a scratch holds: one ovector pair is enough, only "did
+ * it match" matters, and a match with a too-small ovector still returns
+ * 0 (not an error). */
+struct filter_scratch {
+  pcre2_match_data *md;
+};
+
+struct filter_scratch *filter_scratch_new(void) {
+  struct filter_scratch *s = malloc(sizeof *s);
+  if (s && !(s->md = pcre2_match_data_create(1, NULL))) {
+    free(s);
+    s = NULL;
+  }
+  return s;
+}
+
+void filter_scratch_free(struct filter_scratch *s) {
+  if (!s) return;
+  pcre2_match_data_free(s->md);
+  free(s);
+}
+
+/* pcre2_jit_match skips the interpreter's checks of options the JIT code
+ * already fixed; the match context (match limit) still applies. */
+static bool filter__match(struct filter__eval *e, const struct filter__node *n, const char *s) {
   if (!s) return false;
-  /* One ovector pair is enough: only "did it match" matters, and a
-   * match with a too-small ovector still returns 0 (not an error). */
   if (!e->md && !(e->md = pcre2_match_data_create(1, NULL))) return false;
-  int rc = pcre2_match(re, (PCRE2_SPTR)s, strlen(s), 0, 0, e->md, (pcre2_match_context *)e->mctx);
+  pcre2_match_context *mctx = (pcre2_match_context *)e->mctx;
+  int rc = n->jit ? pcre2_jit_match(n->re, (PCRE2_SPTR)s, strlen(s), 0, 0, e->md, mctx)
+                  : pcre2_match(n->re, (PCRE2_SPTR)s, strlen(s), 0, 0, e->md, mctx);
   return rc >= 0;
 }
 
@@ -629,7 +654,7 @@ static bool filter__match_list(struct filter__eval *e, const struct filter__node
     else if (n->kind == FK_HEADER) v = m->header ? m->header(m->arg, n->str, i) : NULL;
     else v = m->attachment ? m->attachment(m->arg, i) : NULL;
     if (!v) return false;
-    if (filter__match(e, n->re, v)) return true;
+    if (filter__match(e, n, v)) return true;
   }
 }
 
@@ -657,8 +682,8 @@ static bool filter__eval_node(struct filter__eval *e, const struct filter__node 
         if (filter__eval_node(e, n->kids[i])) return true;
       return false;
     case FK_NOT: return !filter__eval_node(e, n->kids[0]);
-    case FK_SUBJECT: r = filter__match(e, n->re, m->subject); break;
-    case FK_MAIL_FROM: r = filter__match(e, n->re, m->mail_from); break;
+    case FK_SUBJECT: r = filter__match(e, n, m->subject); break;
+    case FK_MAIL_FROM: r = filter__match(e, n, m->mail_from); break;
     case FK_RCPT_TO: case FK_HEADER: case FK_ATTACHMENT: r = filter__match_list(e, n); break;
     case FK_BODY_CONTAINS: return m->body_contains && m->body_contains(m->arg, n->str);
     case FK_BODY_SIZE: return filter__size_holds(n->rel, m->body_size, n->num);
@@ -676,9 +701,9 @@ static bool filter__cond_holds(struct filter__eval *e, const struct filter_cond 
 
 bool filter_cond_eval(const struct filter_cond *c, const struct filter_msg *m) {
   if (!c || !m) return false;
-  struct filter__eval e = {.m = m};
+  struct filter__eval e = {.m = m, .md = m->scratch ? m->scratch->md : NULL};
   bool r = filter__cond_holds(&e, c);
-  pcre2_match_data_free(e.md);
+  if (!m->scratch) pcre2_match_data_free(e.md);
   return r;
 }
 
@@ -943,7 +968,7 @@ static int filter__append(const struct filter_action ***out, size_t *n_out, cons
 int filter_program_run(const struct filter_program *p, const struct filter_msg *m, const struct filter_action ***out,
                        size_t *n_out) {
   if (!p || !m || !out || !n_out) return SG_EINVAL;
-  struct filter__eval e = {.m = m};
+  struct filter__eval e = {.m = m, .md = m->scratch ? m->scratch->md : NULL};
   int rc = 0;
   bool stop = false;
   for (size_t i = 0; i < p->n && !stop && !rc; i++) {
@@ -956,7 +981,7 @@ int filter_program_run(const struct filter_program *p, const struct filter_msg *
       stop |= filter_action_is_final(&b->acts[k]);
     }
   }
-  pcre2_match_data_free(e.md);
+  if (!m->scratch) pcre2_match_data_free(e.md);
   return rc;
 }
 

@@ -105,7 +105,10 @@ struct filter_action {
  * written in the filter and must compare names case-insensitively
  * (RFC 5322).  The pointers must stay valid for the duration of one eval
  * or run; nothing is kept. */
+struct filter_scratch; /* per-thread matching memory: filter_scratch_new */
+
 struct filter_msg {
+  struct filter_scratch *scratch; /* NULL: each eval makes and frees its own */
   const char *subject, *mail_from;
   char *const *rcpts;
   size_t n_rcpts;
@@ -117,6 +120,12 @@ struct filter_msg {
   bool smime_message, smime_verified;
 };
 
+/* Matching memory to reuse across the evaluations of one message (one
+ * thread at a time): saves an allocation per condition.  NULL when out of
+ * memory (then pass none). */
+struct filter_scratch *filter_scratch_new(void);
+void filter_scratch_free(struct filter_scratch *s); /* NULL is fine */
+
 /* Compile one condition (a content filter's `condition:`).  *out owned by
  * the caller: filter_cond_free. */
 int filter_cond_compile(const char *text, int base_line, int base_column, struct filter_cond **out, char *err,
@@ -125,10 +134,9 @@ void filter_cond_free(struct filter_cond *c); /* NULL is fine */
 
 /* Whether c holds for m.  Tests inside and/or stop as soon as the result
  * is known, and tests that need the body are tried after the others, so a
- * lazily decoding body_contains is often never called.  Each call creates
- * one pcre2_match_data (on its first regex) and frees it before returning:
- * nothing per-thread to manage, and the cost is one small allocation per
- * evaluation, not per regex.  A regex whose match fails for any reason
+ * lazily decoding body_contains is often never called.  Without a
+ * m->scratch, each call creates one pcre2_match_data (on its first regex)
+ * and frees it before returning.  A regex whose match fails for any reason
  * other than "no match" (the match limit) counts as not matching.
  * Allocation failure also counts as not matching (XXX: the caller cannot
  * tell; a message this close to OOM is likely to fail elsewhere too). */

@@ -9,6 +9,7 @@
  */
 #include "core/policy.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,14 +19,17 @@
 #include "crypto/mime.h"
 #include "crypto/mimebody.h"
 
+#define POLICY__FIELDS_INLINE 64 /* most messages: no allocation for the index */
+
 struct policy__eval {
   const struct policy_input *in;
-  struct mime_field fields[POLICY_MAX_HEADERS];
+  struct mime_field inline_fields[POLICY__FIELDS_INLINE];
+  struct mime_field *fields; /* inline_fields, or malloc'd for a long header */
   size_t n_fields;
-  char **decoded; /* values returned to the filters, freed at the end */
-  size_t n_decoded, cap_decoded;
+  char **decoded;            /* per field, its value as the filters see it (made once, on demand) */
   struct mimebody *body;
   bool body_failed;
+  bool incomplete;           /* more header fields than POLICY_MAX_HEADERS */
 };
 
 /* The actions one group collected, in the order they ran, and the
@@ -43,29 +47,41 @@ struct policy__acts {
 
 /* ---- the message as the filters see it ---------------------------------------- */
 
-static const char *policy__keep(struct policy__eval *e, char *s) {
-  if (!s) return NULL;
-  if (e->n_decoded == e->cap_decoded) {
-    size_t cap = e->cap_decoded ? 2 * e->cap_decoded : 8;
-    char **v = realloc(e->decoded, cap * sizeof *v);
-    if (!v) {
-      free(s);
-      return NULL;
-    }
-    e->decoded = v;
-    e->cap_decoded = cap;
+/* The header block's index; a block longer than POLICY_MAX_HEADERS fields
+ * is indexed up to it and marks the evaluation incomplete. */
+static int policy__index(struct policy__eval *e) {
+  const struct policy_input *in = e->in;
+  e->fields = e->inline_fields;
+  size_t n = mime_header_index(in->data, in->len, e->fields, POLICY__FIELDS_INLINE);
+  if (n > POLICY__FIELDS_INLINE) {
+    size_t want = n < POLICY_MAX_HEADERS ? n : POLICY_MAX_HEADERS;
+    if (!(e->fields = malloc(want * sizeof *e->fields))) return SG_ENOMEM;
+    mime_header_index(in->data, in->len, e->fields, want);
   }
-  return e->decoded[e->n_decoded++] = s;
+  e->incomplete = n > POLICY_MAX_HEADERS;
+  e->n_fields = n < POLICY_MAX_HEADERS ? n : POLICY_MAX_HEADERS;
+  return 0;
+}
+
+/* Each value is decoded once however many conditions ask for it. */
+static const char *policy__value(struct policy__eval *e, size_t i) {
+  if (!e->decoded && !(e->decoded = calloc(e->n_fields, sizeof *e->decoded))) return NULL;
+  const struct mime_field *f = &e->fields[i];
+  if (!e->decoded[i]) e->decoded[i] = mimebody_header_decode(e->in->data + f->value_off, f->value_len);
+  return e->decoded[i];
 }
 
 static const char *policy__header(void *arg, const char *name, size_t index) {
   struct policy__eval *e = arg;
   size_t want = strlen(name);
+  int c0 = tolower((unsigned char)name[0]);
   for (size_t i = 0; i < e->n_fields; i++) {
     const struct mime_field *f = &e->fields[i];
-    if (f->name_len != want || strncasecmp(e->in->data + f->name_off, name, want) != 0) continue;
+    const char *fname = e->in->data + f->name_off;
+    if (f->name_len != want || tolower((unsigned char)fname[0]) != c0 || strncasecmp(fname, name, want) != 0)
+      continue;
     if (index-- > 0) continue;
-    return policy__keep(e, mimebody_header_decode(e->in->data + f->value_off, f->value_len));
+    return policy__value(e, i);
   }
   return NULL;
 }
@@ -86,9 +102,28 @@ static const char *policy__attachment(void *arg, size_t index) {
 }
 
 static void policy__eval_free(struct policy__eval *e) {
-  for (size_t i = 0; i < e->n_decoded; i++) free(e->decoded[i]);
+  for (size_t i = 0; e->decoded && i < e->n_fields; i++) free(e->decoded[i]);
   free(e->decoded);
+  if (e->fields != e->inline_fields) free(e->fields);
   mimebody_free(e->body);
+}
+
+/* Filters fail closed: when a limit kept part of the message from them
+ * (too many header fields, MIME nested too deep, too many parts, too much
+ * text), what they did not find may be hidden there, so a message that
+ * would be delivered is held in Policy instead (a release delivers it). */
+static void policy__fail_closed(struct policy__eval *e, struct policy_result *r) {
+  bool body = e->body && mimebody_incomplete(e->body);
+  if (!e->incomplete && !body) return;
+  for (size_t g = 0; g < r->n_groups; g++) {
+    struct policy_outcome *o = &r->groups[g];
+    if (o->verdict != POLICY_DELIVER || e->in->released) continue;
+    o->verdict = POLICY_QUARANTINE;
+    o->quarantine = "Policy";
+    snprintf(o->decided_by, sizeof o->decided_by, "%s",
+             e->incomplete ? "(limits: more header fields than filters look at)"
+                           : "(limits: MIME too deep, too many parts or too much text for filters)");
+  }
 }
 
 /* ---- mail policies ---------------------------------------------------------------- */
@@ -112,24 +147,30 @@ static bool policy__any(char *const *patterns, size_t n, const char *address) {
   return false;
 }
 
-static bool policy__matches(const struct config_mail_policy *p, const struct policy_input *in, const char *rcpt) {
-  return p->direction == in->direction && policy__any(p->senders, p->n_senders, in->sender) &&
-         policy__any(p->recipients, p->n_recipients, rcpt);
+/* Which policies the message's sender (and direction) can select: the
+ * same for every recipient, so worked out once.  *out is the caller's. */
+static int policy__senders(const struct config *cfg, const struct policy_input *in, bool **out) {
+  if (!(*out = malloc((cfg->n_mail_policies ? cfg->n_mail_policies : 1) * sizeof **out))) return SG_ENOMEM;
+  for (size_t i = 0; i < cfg->n_mail_policies; i++) {
+    const struct config_mail_policy *p = &cfg->mail_policies[i];
+    (*out)[i] = p->direction == in->direction && policy__any(p->senders, p->n_senders, in->sender);
+  }
+  return 0;
 }
 
 /* The index of rcpt's mail policy in cfg, or cfg->n_mail_policies for the
  * implicit default.  "default" is tried last wherever it is written. */
-static size_t policy__of(const struct config *cfg, const struct policy_input *in, const char *rcpt) {
+static size_t policy__of(const struct config *cfg, const bool *sender_ok, const char *rcpt) {
   size_t dflt = cfg->n_mail_policies;
   for (size_t i = 0; i < cfg->n_mail_policies; i++) {
     const struct config_mail_policy *p = &cfg->mail_policies[i];
-    if (!strcmp(p->name, "default")) {
-      if (p->direction == in->direction) dflt = i;
-      continue;
-    }
-    if (policy__matches(p, in, rcpt)) return i;
+    if (!sender_ok[i]) continue;
+    if (!strcmp(p->name, "default")) dflt = i;
+    else if (policy__any(p->recipients, p->n_recipients, rcpt)) return i;
   }
-  if (dflt < cfg->n_mail_policies && policy__matches(&cfg->mail_policies[dflt], in, rcpt)) return dflt;
+  if (dflt < cfg->n_mail_policies && policy__any(cfg->mail_policies[dflt].recipients,
+                                                 cfg->mail_policies[dflt].n_recipients, rcpt))
+    return dflt;
   return cfg->n_mail_policies;
 }
 
@@ -150,12 +191,14 @@ static int policy__add(struct policy__acts *a, const struct filter_action *act, 
   return 0;
 }
 
+/* Append ",filter" (cut to fit) to the list of filters that ran. */
 static void policy__note(struct policy__acts *a, const char *filter) {
-  if (a->filters_len >= sizeof a->filters - 1) return;
-  int k = snprintf(a->filters + a->filters_len, sizeof a->filters - a->filters_len, "%s%s",
-                   a->filters_len ? "," : "", filter);
-  if (k > 0) a->filters_len += (size_t)k;
-  if (a->filters_len >= sizeof a->filters) a->filters_len = sizeof a->filters - 1;
+  size_t room = sizeof a->filters - 1 - a->filters_len, n = strlen(filter);
+  if (a->filters_len && room) a->filters[a->filters_len++] = ',', room--;
+  if (n > room) n = room;
+  memcpy(a->filters + a->filters_len, filter, n);
+  a->filters_len += n;
+  a->filters[a->filters_len] = '\0';
 }
 
 /* message_filters: their actions start every group's list.  *go_on is
@@ -230,11 +273,13 @@ static int policy__fold(const struct policy__acts *a, bool released, struct poli
 static bool policy__streq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
 
 /* Would the two groups be processed the same way?  (Then they stay one
- * message.)  Which filters led there does not matter. */
+ * message.)  Which filters led there does not matter, nor, for a message
+ * that is not delivered now, its headers and profile: a release judges it
+ * again (and a split there would let one part escape a quarantine). */
 static bool policy__same(const struct policy_outcome *a, const struct policy_outcome *b) {
-  if (a->verdict != b->verdict || a->n_headers != b->n_headers || !policy__streq(a->profile, b->profile) ||
-      !policy__streq(a->quarantine, b->quarantine))
-    return false;
+  if (a->verdict != b->verdict || !policy__streq(a->quarantine, b->quarantine)) return false;
+  if (a->verdict != POLICY_DELIVER) return true;
+  if (a->n_headers != b->n_headers || !policy__streq(a->profile, b->profile)) return false;
   for (size_t i = 0; i < a->n_headers; i++)
     if (!policy__streq(a->headers[i]->arg1, b->headers[i]->arg1) ||
         !policy__streq(a->headers[i]->arg2, b->headers[i]->arg2))
@@ -278,32 +323,55 @@ static void policy__place(struct policy_result *r, struct policy_outcome *o, con
   for (size_t i = 0; i < n; i++) r->group_of[idx[i]] = g;
 }
 
-/* Recipients grouped by mail policy, each group evaluated and placed. */
-static int policy__groups(const struct config *cfg, struct policy__eval *e, struct filter_msg *m,
-                          const struct policy__acts *base, bool go_on, struct policy_result *r) {
-  const struct policy_input *in = e->in;
-  size_t *pol = malloc(in->n_rcpts * sizeof *pol), *idx = malloc(in->n_rcpts * sizeof *idx);
-  char **rcpts = malloc(in->n_rcpts * sizeof *rcpts);
-  bool *done = calloc(in->n_rcpts, sizeof *done);
-  int rc = pol && idx && rcpts && done ? 0 : SG_ENOMEM;
-  for (size_t i = 0; rc == 0 && i < in->n_rcpts; i++) pol[i] = policy__of(cfg, in, in->rcpts[i]);
-  for (size_t i = 0; rc == 0 && i < in->n_rcpts; i++) {
-    if (done[i]) continue;
-    size_t n = 0;
-    for (size_t j = i; j < in->n_rcpts; j++)
-      if (!done[j] && pol[j] == pol[i]) done[j] = true, idx[n] = j, rcpts[n++] = in->rcpts[j];
-    struct policy_outcome o;
-    rc = policy__group(cfg, m, base, go_on, pol[i], rcpts, n, in->released, &o);
-    if (rc == 0) policy__place(r, &o, idx, n);
+/* Who the filters judge: the message's original recipients (before a
+ * split or a partial delivery), plus any pending one not among them, so a
+ * message keeps the outcome it first got.  *u is the caller's (free). */
+static int policy__judged(const struct policy_input *in, char ***u, size_t *n_u, size_t *pidx) {
+  char *const *all = in->n_all_rcpts ? in->all_rcpts : in->rcpts;
+  size_t n_all = in->n_all_rcpts ? in->n_all_rcpts : in->n_rcpts, n = n_all;
+  if (!(*u = malloc((n_all + in->n_rcpts) * sizeof **u))) return SG_ENOMEM;
+  memcpy(*u, all, n_all * sizeof **u);
+  for (size_t i = 0; i < in->n_rcpts; i++) {
+    size_t j = 0;
+    while (j < n && strcmp((*u)[j], in->rcpts[i]) != 0) j++;
+    if (j == n) (*u)[n++] = in->rcpts[i];
+    pidx[i] = j;
   }
-  free(pol), free(idx), free(rcpts), free(done);
+  *n_u = n;
+  return 0;
+}
+
+/* Recipients grouped by mail policy, each group evaluated (with all its
+ * judged recipients in rcpt-to) and placed for its pending recipients. */
+static int policy__groups(const struct config *cfg, struct policy__eval *e, struct filter_msg *m,
+                          const struct policy__acts *base, bool go_on, char **u, size_t n_u, const size_t *pidx,
+                          struct policy_result *r) {
+  const struct policy_input *in = e->in;
+  size_t *pol = malloc(n_u * sizeof *pol), *idx = malloc(in->n_rcpts * sizeof *idx);
+  char **members = malloc(n_u * sizeof *members);
+  bool *done = calloc(n_u, sizeof *done), *sender_ok = NULL;
+  int rc = pol && idx && members && done ? policy__senders(cfg, in, &sender_ok) : SG_ENOMEM;
+  for (size_t i = 0; rc == 0 && i < n_u; i++) pol[i] = policy__of(cfg, sender_ok, u[i]);
+  for (size_t i = 0; rc == 0 && i < n_u; i++) {
+    if (done[i]) continue;
+    size_t n = 0, k = 0;
+    for (size_t j = i; j < n_u; j++)
+      if (!done[j] && pol[j] == pol[i]) done[j] = true, members[n++] = u[j];
+    for (size_t p = 0; p < in->n_rcpts; p++)
+      if (pol[pidx[p]] == pol[i]) idx[k++] = p;
+    if (k == 0) continue; /* all of them delivered already */
+    struct policy_outcome o;
+    rc = policy__group(cfg, m, base, go_on, pol[i], members, n, in->released, &o);
+    if (rc == 0) policy__place(r, &o, idx, k);
+  }
+  free(pol), free(idx), free(members), free(done), free(sender_ok);
   return rc;
 }
 
 int policy_evaluate(const struct config *cfg, const struct policy_input *in, struct policy_result *out) {
   if (!cfg || !in || !out || !in->data || in->n_rcpts == 0) return SG_EINVAL;
   *out = (struct policy_result){0};
-  struct policy__eval *e = calloc(1, sizeof *e);
+  struct policy__eval *e = malloc(sizeof *e); /* not calloc: the inline index need not be zeroed */
   out->groups = calloc(in->n_rcpts, sizeof *out->groups);
   out->group_of = calloc(in->n_rcpts, sizeof *out->group_of);
   if (!e || !out->groups || !out->group_of) {
@@ -311,19 +379,29 @@ int policy_evaluate(const struct config *cfg, const struct policy_input *in, str
     policy_result_free(out);
     return SG_ENOMEM;
   }
-  e->in = in;
-  e->n_fields = mime_header_index(in->data, in->len, e->fields, POLICY_MAX_HEADERS);
-  struct filter_msg m = {.subject = policy__header(e, "Subject", 0), .mail_from = in->sender,
+  e->in = in, e->decoded = NULL, e->body = NULL, e->body_failed = false; /* the rest: policy__index */
+  if (policy__index(e) != 0) {
+    free(e);
+    policy_result_free(out);
+    return SG_ENOMEM;
+  }
+  struct filter_msg m = {.scratch = filter_scratch_new(), .subject = policy__header(e, "Subject", 0), .mail_from = in->sender,
                          .header = policy__header, .attachment = policy__attachment,
                          .body_contains = policy__body_contains, .arg = e, .body_size = in->len,
                          .smime_message = in->smime_message, .smime_verified = in->smime_verified};
-  m.rcpts = in->rcpts;
-  m.n_rcpts = in->n_rcpts;
+  char **u = NULL;
+  size_t n_u = 0;
   struct policy__acts base = {0};
   bool go_on = true;
-  int rc = policy__message_filters(cfg, &m, &base, &go_on);
-  if (rc == 0) rc = policy__groups(cfg, e, &m, &base, go_on, out);
+  int rc = policy__judged(in, &u, &n_u, out->group_of);
+  m.rcpts = u;
+  m.n_rcpts = n_u;
+  if (rc == 0) rc = policy__message_filters(cfg, &m, &base, &go_on);
+  if (rc == 0) rc = policy__groups(cfg, e, &m, &base, go_on, u, n_u, out->group_of, out);
+  if (rc == 0) policy__fail_closed(e, out);
   out->used_body = e->body != NULL;
+  filter_scratch_free(m.scratch);
+  free(u);
   free(base.v);
   policy__eval_free(e);
   free(e);

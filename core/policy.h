@@ -32,8 +32,11 @@
  *
  * Trust: the message is hostile (see core/filter.h and crypto/mimebody.h
  * for the bounds); header values are decoded (RFC 2047) and unfolded
- * before the filters see them; the body is decoded only if a condition
- * that is evaluated needs it.
+ * before the filters see them, each once; the body is decoded only if a
+ * condition that is evaluated needs it.  Filters fail closed: when a
+ * bound kept part of the message from them (POLICY_MAX_HEADERS, or
+ * mimebody_incomplete for a body condition that was evaluated), an
+ * outcome that would deliver holds the message in Policy instead.
  */
 #ifndef SEALGATE_POLICY_H
 #define SEALGATE_POLICY_H
@@ -45,7 +48,9 @@
 #include "core/config.h"
 #include "core/filter.h"
 
-#define POLICY_MAX_HEADERS 1000 /* header fields looked at; later ones are not seen */
+/* Header fields filters look at.  A message with more is held in Policy
+ * rather than judged on part of its header (fail closed). */
+#define POLICY_MAX_HEADERS 10000
 
 enum policy_verdict { POLICY_DELIVER = 0, POLICY_QUARANTINE, POLICY_DROP, POLICY_BOUNCE };
 
@@ -66,8 +71,11 @@ struct policy_input {
   const char *data;            /* the message (header and body) as it will be delivered */
   size_t len;
   const char *sender;          /* "" for <> */
-  char *const *rcpts;
+  char *const *rcpts;          /* the recipients to decide for (still pending) */
   size_t n_rcpts;
+  char *const *all_rcpts;      /* the message's original recipients (spool 'O' records), whom
+                                  the filters judge; NULL/0: the same as rcpts */
+  size_t n_all_rcpts;
   enum config_direction direction;
   bool smime_message, smime_verified; /* R33 (incoming processing's result) */
   bool released;               /* SPOOL_F_RELEASED: quarantine actions are skipped */

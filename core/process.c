@@ -94,9 +94,21 @@ struct quarantine_limits process_quarantine_limits(const char *name, void *cfg) 
 }
 
 /* Hold the message as spooled (for incoming mail: as it arrived, still
- * encrypted) in quarantine o->quarantine. */
+ * encrypted) in quarantine o->quarantine.  A message larger than the
+ * quarantine may hold is refused (a DSN) rather than held and expired at
+ * once. */
 static void process__quarantine(struct process_request *rq, const struct policy_outcome *o,
                                 const struct process__cur *cur, struct process_result *res) {
+  struct quarantine_limits lim = process_quarantine_limits(o->quarantine, (void *)rq->cfg);
+  uint64_t need = rq->len + 4096; /* the file: the data, the envelope and the record's header */
+  for (size_t i = 0; i < rq->env->n_rcpts; i++) need += strlen(rq->env->rcpts[i]) + 5;
+  if (lim.max_bytes && need > lim.max_bytes) {
+    res->verdict = PROCESS_SEND;
+    res->res.status = OUTGOING_FAIL;
+    snprintf(res->res.reason, sizeof res->res.reason, "filter '%.60s' holds the message in quarantine '%.64s', "
+             "but it is larger than that quarantine's max_size", o->decided_by, o->quarantine);
+    return;
+  }
   struct quarantine_meta meta = {0};
   snprintf(meta.name, sizeof meta.name, "%s", o->quarantine);
   snprintf(meta.filter, sizeof meta.filter, "%s", o->decided_by);
@@ -111,9 +123,9 @@ static void process__quarantine(struct process_request *rq, const struct policy_
     return;
   }
   res->verdict = PROCESS_QUARANTINED;
-  /* Limits are enforced as soon as a quarantine grows, not only by the
-   * daemon's minute timer (core/release.c). */
-  if (quarantine_expire(rq->cfg->quarantine_dir, timeutil_wall_ms(), process_quarantine_limits, (void *)rq->cfg) < 0)
+  /* Its limits are enforced as soon as a quarantine grows, not only by the
+   * daemon's minute timer (core/release.c); only this folder is scanned. */
+  if (quarantine_expire_name(rq->cfg->quarantine_dir, meta.name, timeutil_wall_ms(), lim) < 0)
     log_err("quarantine: expiry failed after holding %s", meta.id);
   snprintf(res->quarantine, sizeof res->quarantine, "%s", meta.name);
   snprintf(res->quarantine_id, sizeof res->quarantine_id, "%s", meta.id);
@@ -155,7 +167,8 @@ static void process__send(struct hsm_worker *w, struct process_request *rq, cons
  * (with *profile and cur possibly changed), false when res is final. */
 static bool process__policy(struct process_request *rq, struct process__cur *cur,
                             const struct config_sending_profile **profile, struct process_result *res) {
-  struct policy_input in = {cur->data, cur->len, rq->env->sender, rq->env->rcpts, rq->env->n_rcpts, rq->direction,
+  struct policy_input in = {cur->data, cur->len, rq->env->sender, rq->env->rcpts, rq->env->n_rcpts,
+                            rq->env->orig_rcpts, rq->env->n_orig_rcpts, rq->direction,
                             res->smime_message, res->smime_verified, (rq->env->flags & SPOOL_F_RELEASED) != 0};
   struct policy_result pr;
   if (policy_evaluate(rq->cfg, &in, &pr) != 0) {

@@ -332,7 +332,12 @@ static int quarantine__list_dir(int dfd, const char *rel, bool (*keep)(const cha
       break;
     }
     size_t n = strlen(e->d_name);
-    if (n >= Q_ENT_MAX || !keep(e->d_name)) continue;
+    if (n >= Q_ENT_MAX || !keep(e->d_name) || e->d_type == DT_LNK) continue;
+    /* A quarantine folder is used as NAME/ID below: a symlink planted as
+     * NAME (by whoever owns ROOT) must not lead a root sealctl elsewhere. */
+    struct stat st;
+    if (keep == quarantine_name_ok && (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)))
+      continue;
     if ((rc = quarantine__grow((void **)&out->v, &out->cap, out->n, sizeof *out->v)) == 0)
       memcpy(out->v[out->n++], e->d_name, n + 1);
   }
@@ -744,6 +749,16 @@ int quarantine_expire(const char *root, uint64_t now_ms, quarantine_limits_fn li
   free(dirs.v);
   close(rfd);
   return rc ? rc : n;
+}
+
+int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim) {
+  if (!quarantine_name_ok(name)) return SG_EINVAL;
+  int rfd = quarantine__root(root, NULL, 0);
+  if (rfd == SG_ENOTFOUND) return 0;
+  if (rfd < 0) return rfd;
+  int rc = quarantine__expire_one(rfd, name, lim, now_ms);
+  close(rfd);
+  return rc;
 }
 
 /* ---- released messages -------------------------------------------------------- */

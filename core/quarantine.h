@@ -151,5 +151,8 @@ int quarantine_done(const char *path);
  * code. */
 typedef struct quarantine_limits (*quarantine_limits_fn)(const char *name, void *arg);
 int quarantine_expire(const char *root, uint64_t now_ms, quarantine_limits_fn limits_of, void *arg);
+/* The same for the one quarantine name, with its limits lim (after a
+ * message was held there: only that folder is scanned). */
+int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim);
 
 #endif

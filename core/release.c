@@ -1,4 +1,14 @@
-/* release - see release.h. */
+/*
+ * release - see release.h.
+ *
+ * Lifetime: struct release is shared by the main loop (timer, scans), the
+ * pool thread running a scan and the shards committing released messages.
+ * It is reference counted: one reference for the timer (dropped when it
+ * is closed), one while a scan is queued, one per message on its way into
+ * a shard's spool; the last one frees it.  A shard counts each such commit
+ * as one of its delivery jobs (delivery_hold), so it does not finish
+ * draining, and its mailbox stays open, until the commit reported back.
+ */
 #include "core/release.h"
 
 #include <stdatomic.h>
@@ -17,13 +27,15 @@
 #include "core/timeutil.h"
 
 #define RELEASE_EVERY_MS 60000
+#define RELEASE_SOON_MS 200 /* a poke during commits: look again this soon */
 
 struct release {
   uv_timer_t timer;
   uv_work_t work;
   struct daemon *d;
   struct config *cfg; /* the scan's, referenced on the main loop (the pool's threads are not RCU readers) */
-  bool scanning, again, closed;
+  bool scanning, again;
+  atomic_int refs;
   atomic_bool stopping; /* read by the scan: no new message is handed to a shard */
   atomic_bool in_scan;  /* release__scan is running on the pool */
   atomic_uint committing; /* released messages handed to shards, not yet committed */
@@ -38,24 +50,33 @@ struct release_msg {
   char *path; /* its file under ROOT/.released, removed once queued */
 };
 
+static void release__unref(struct release *r) {
+  if (atomic_fetch_sub(&r->refs, 1) == 1) free(r);
+}
+
+/* On the shard's loop: the commit is over; the message is the shard's. */
 static void release__committed(struct spool_msg *m, int status, void *arg) {
   struct release_msg *rm = arg;
+  struct delivery *dl = rm->sh->dl;
   if (status == 0) {
     log_info("quarantine: released message queued as %s", m->env.queue_id);
     if (quarantine_done(rm->path) != 0) log_err("quarantine: cannot remove %s (it may be delivered twice)", rm->path);
-    delivery_enqueue(rm->sh->dl, m);
+    delivery_enqueue(dl, m);
   } else { /* the file stays in .released: the next scan tries again */
     log_err("quarantine: cannot queue released message: %s", sgerr_str(status));
     spool_msg_free(m);
   }
   atomic_fetch_sub(&rm->r->committing, 1);
+  release__unref(rm->r);
   free(rm->path);
   free(rm);
+  delivery_unhold(dl);
 }
 
 /* On the shard's loop. */
 static void release__on_shard(void *arg) {
   struct release_msg *rm = arg;
+  delivery_hold(rm->sh->dl);
   spool_new_id(rm->r->d->spool, rm->sh->id, rm->m);
   if (spool_commit(rm->r->d->spool, rm->sh->id, rm->m, false, &rm->sh->mb, release__committed, rm) != 0)
     release__committed(rm->m, SG_EIO, rm);
@@ -66,16 +87,11 @@ static void release__take(struct spool_envelope *env, char *data, size_t len, co
                           const struct quarantine_meta *meta, void *arg) {
   (void)meta;
   struct release *r = arg;
-  if (atomic_load(&r->stopping)) { /* stays in .released for the next start */
-    free(data);
-    spool_envelope_free(env);
-    return;
-  }
-  struct release_msg *rm = calloc(1, sizeof *rm);
-  struct spool_msg *m = calloc(1, sizeof *m);
-  char *p = strdup(path);
-  if (!rm || !m || !p) {
-    free(rm), free(m), free(p), free(data);
+  struct release_msg *rm = atomic_load(&r->stopping) ? NULL : calloc(1, sizeof *rm);
+  struct spool_msg *m = rm ? calloc(1, sizeof *m) : NULL;
+  char *p = m ? strdup(path) : NULL;
+  if (!p) { /* stopping or out of memory: it stays in .released for the next scan or start */
+    free(rm), free(m), free(data);
     spool_envelope_free(env);
     return;
   }
@@ -86,8 +102,10 @@ static void release__take(struct spool_envelope *env, char *data, size_t len, co
   m->data_len = len;
   *rm = (struct release_msg){r, daemon_shard(r->d, r->next_shard++), m, p};
   atomic_fetch_add(&r->committing, 1);
+  atomic_fetch_add(&r->refs, 1);
   if (shard_post(rm->sh, release__on_shard, rm) != 0) {
     atomic_fetch_sub(&r->committing, 1);
+    atomic_fetch_sub(&r->refs, 1); /* the timer's reference is still held: never the last */
     spool_msg_free(m);
     free(p), free(rm);
   }
@@ -102,6 +120,7 @@ static void release__scan(uv_work_t *w) {
 }
 
 static void release__start_scan(struct release *r);
+static void release__tick(uv_timer_t *t);
 
 static void release__scanned(uv_work_t *w, int status) {
   (void)status;
@@ -109,31 +128,34 @@ static void release__scanned(uv_work_t *w, int status) {
   r->scanning = false;
   config_unref(r->cfg);
   r->cfg = NULL;
-  if (r->closed) {
-    free(r);
-    return;
-  }
-  if (r->again && !r->stopping) {
+  if (r->again && !atomic_load(&r->stopping)) {
     r->again = false;
     release__start_scan(r);
   }
+  release__unref(r);
 }
 
+/* A scan while the previous one's messages are still being committed
+ * could hand the same files out again: wait for them, a moment at a time. */
 static void release__start_scan(struct release *r) {
-  if (r->stopping) return;
-  if (r->scanning || atomic_load(&r->committing) > 0) { /* the poke is not lost: after this one */
+  if (atomic_load(&r->stopping)) return;
+  if (r->scanning || atomic_load(&r->committing) > 0) {
     r->again = true;
+    if (!r->scanning) uv_timer_start(&r->timer, release__tick, RELEASE_SOON_MS, RELEASE_EVERY_MS);
     return;
   }
+  r->again = false;
   r->scanning = true;
   r->work.data = r;
   r->cfg = daemon_config_get(r->d);
   atomic_store(&r->in_scan, true);
+  atomic_fetch_add(&r->refs, 1);
   if (uv_queue_work(r->timer.loop, &r->work, release__scan, release__scanned) != 0) {
     atomic_store(&r->in_scan, false);
     r->scanning = false;
     config_unref(r->cfg);
     r->cfg = NULL;
+    atomic_fetch_sub(&r->refs, 1);
   }
 }
 
@@ -145,6 +167,7 @@ int release_start(struct daemon *d, uv_loop_t *loop, struct release **out) {
   struct release *r = calloc(1, sizeof *r);
   if (!r) return SG_ENOMEM;
   r->d = d;
+  atomic_init(&r->refs, 1);
   uv_timer_init(loop, &r->timer);
   r->timer.data = r;
   uv_timer_start(&r->timer, release__tick, 0, RELEASE_EVERY_MS);
@@ -157,13 +180,11 @@ void release_poke(struct release *r) {
 }
 
 static void release__closed(uv_handle_t *h) {
-  struct release *r = h->data;
-  r->closed = true;
-  if (!r->scanning) free(r); /* else release__scanned frees it */
+  release__unref(h->data);
 }
 
-/* Waits for a scan still running on the pool: after this, nothing posts
- * to a shard, so the daemon may drain and join them. */
+/* Waits for a scan still running on the pool: after this, nothing is
+ * posted to a shard, so the daemon may drain and join them. */
 void release_stop(struct release *r) {
   if (!r) return;
   atomic_store(&r->stopping, true);

@@ -10,6 +10,7 @@
  */
 #include "core/spool_record.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -32,7 +33,7 @@ struct rec_rule {
   const char *bad_len;   /* reason when the length breaks min..max */
 };
 
-enum { RULE_Q, RULE_A, RULE_S, RULE_R, RULE_L, RULE_N, RULE_F, RULE_C, RULE_D, RULE_E, RULE_COUNT };
+enum { RULE_Q, RULE_A, RULE_S, RULE_R, RULE_O, RULE_L, RULE_N, RULE_F, RULE_C, RULE_D, RULE_E, RULE_COUNT };
 
 static const struct rec_rule rules[RULE_COUNT] = {
     {'Q', 1, SPOOL_ID_MAX - 1, "missing queue id record", "duplicate queue id record",
@@ -42,6 +43,8 @@ static const struct rec_rule rules[RULE_COUNT] = {
      "sender too long"},
     {'R', 1, SPOOL_ADDR_MAX, "missing recipient record", "duplicate recipient record",
      "bad recipient length"},
+    {'O', 1, SPOOL_ADDR_MAX, "missing original recipient record", "duplicate original recipient record",
+     "bad original recipient length"},
     {'L', 0, SPOOL_NAME_MAX, "missing listener record", "duplicate listener record",
      "listener too long"},
     {'N', 0, SPOOL_NAME_MAX, "missing next hop record", "duplicate next hop record",
@@ -126,6 +129,11 @@ static int envelope_valid(const struct spool_envelope *env) {
     const char *r = env->rcpts[i];
     if (!r || !valid_addr(r, slen(r, SPOOL_ADDR_MAX), 1)) return 0;
   }
+  if (env->n_orig_rcpts > SPOOL_RCPT_MAX || (env->n_orig_rcpts && !env->orig_rcpts)) return 0;
+  for (size_t i = 0; i < env->n_orig_rcpts; i++) {
+    const char *r = env->orig_rcpts[i];
+    if (!r || !valid_addr(r, slen(r, SPOOL_ADDR_MAX), 1)) return 0;
+  }
   if (slen(env->listener, SPOOL_NAME_MAX) > SPOOL_NAME_MAX) return 0;
   if (slen(env->next_hop, SPOOL_NAME_MAX) > SPOOL_NAME_MAX) return 0;
   if (slen(env->client, SPOOL_CLIENT_MAX) > SPOOL_CLIENT_MAX) return 0;
@@ -152,9 +160,10 @@ static void put_string(struct buf *b, unsigned char type, const char *s) {
 }
 
 static size_t head_size(const struct spool_envelope *env) {
-  size_t n = SPOOL_PREAMBLE_LEN + 9 * SPOOL_REC_HDR + env->n_rcpts * SPOOL_REC_HDR;
+  size_t n = SPOOL_PREAMBLE_LEN + 9 * SPOOL_REC_HDR + (env->n_rcpts + env->n_orig_rcpts) * SPOOL_REC_HDR;
   n += strlen(env->queue_id) + 8 + strlen(env->sender) + 4;
   for (size_t i = 0; i < env->n_rcpts; i++) n += strlen(env->rcpts[i]);
+  for (size_t i = 0; i < env->n_orig_rcpts; i++) n += strlen(env->orig_rcpts[i]);
   n += slen(env->listener, SPOOL_NAME_MAX) + slen(env->next_hop, SPOOL_NAME_MAX);
   return n + slen(env->client, SPOOL_CLIENT_MAX);
 }
@@ -171,6 +180,7 @@ static int encode_head(const struct spool_envelope *env, size_t data_len, struct
   put_record(head, 'A', u64, sizeof u64);
   put_string(head, 'S', env->sender);
   for (size_t i = 0; i < env->n_rcpts; i++) put_string(head, 'R', env->rcpts[i]);
+  for (size_t i = 0; i < env->n_orig_rcpts; i++) put_string(head, 'O', env->orig_rcpts[i]);
   put_string(head, 'L', env->listener);
   put_string(head, 'N', env->next_hop);
   put_u32(u32, env->flags);
@@ -220,7 +230,7 @@ int spool_record_encode(const struct spool_envelope *env, const void *data, size
 struct reader {
   const unsigned char *p;
   size_t len, off;
-  size_t rcap; /* allocated slots in env->rcpts */
+  size_t rcap, ocap; /* allocated slots in env->rcpts, env->orig_rcpts */
   struct spool_envelope *env;
   const char *data;
   size_t data_len;
@@ -260,19 +270,19 @@ static int read_preamble(struct reader *r) {
   return 0;
 }
 
-static int add_rcpt(struct reader *r, const unsigned char *p, size_t n) {
-  struct spool_envelope *env = r->env;
-  if (env->n_rcpts >= SPOOL_RCPT_MAX) return corrupt(r, "too many recipients");
-  if (env->n_rcpts == r->rcap) {
-    size_t cap = r->rcap ? r->rcap * 2 : 4;
-    char **v = realloc(env->rcpts, cap * sizeof *v);
-    if (!v) return nomem(r);
-    env->rcpts = v;
-    r->rcap = cap;
+/* Append p[0..n) to the list *v (*count entries, *cap slots). */
+static int add_rcpt(struct reader *r, char ***v, size_t *count, size_t *cap, const unsigned char *p, size_t n) {
+  if (*count >= SPOOL_RCPT_MAX) return corrupt(r, "too many recipients");
+  if (*count == *cap) {
+    size_t c = *cap ? *cap * 2 : 4;
+    char **nv = realloc(*v, c * sizeof *nv);
+    if (!nv) return nomem(r);
+    *v = nv;
+    *cap = c;
   }
   char *s = dup_bytes(p, n);
   if (!s) return nomem(r);
-  env->rcpts[env->n_rcpts++] = s;
+  (*v)[(*count)++] = s;
   return 0;
 }
 
@@ -297,7 +307,10 @@ static int store_record(struct reader *r, unsigned char type, const unsigned cha
       return store_text(r, &env->sender, p, n);
     case 'R':
       if (!valid_addr(s, n, 1)) return corrupt(r, "bad recipient");
-      return add_rcpt(r, p, n);
+      return add_rcpt(r, &env->rcpts, &env->n_rcpts, &r->rcap, p, n);
+    case 'O':
+      if (!valid_addr(s, n, 1)) return corrupt(r, "bad original recipient");
+      return add_rcpt(r, &env->orig_rcpts, &env->n_orig_rcpts, &r->ocap, p, n);
     case 'L': return store_text(r, &env->listener, p, n);
     case 'N': return store_text(r, &env->next_hop, p, n);
     case 'F':
@@ -321,6 +334,7 @@ static int rule_index(unsigned char type) {
 
 /* The record at index k arrived while index want was due. */
 static int order_error(struct reader *r, int k, int want) {
+  if (want == RULE_O) want = RULE_L; /* optional: what is missing is the listener */
   if (want == RULE_E) return corrupt(r, "data record is not last");
   if (k > want) return corrupt(r, rules[want].missing);
   if (k + 1 == want) return corrupt(r, rules[k].duplicate);
@@ -347,8 +361,11 @@ static int read_records(struct reader *r) {
     uint32_t n = get_u32(h + 1);
     int k = rule_index(h[0]);
     if (k < 0) return corrupt(r, "unknown record type");
-    /* 'R' may repeat: after one, either another 'R' or 'L' is due. */
-    if (k != want && !(k == RULE_R && want == RULE_L)) return order_error(r, k, want);
+    /* 'R' may repeat; 'O' is optional and may repeat: after an 'R', an
+     * 'R', an 'O' or the 'L' may come; after an 'O', an 'O' or the 'L'. */
+    bool ok = k == want || (k == RULE_R && want == RULE_O) || (k == RULE_L && want == RULE_O) ||
+              (k == RULE_O && want == RULE_L);
+    if (!ok) return order_error(r, k, want);
     if (n < rules[k].min || n > rules[k].max) return corrupt(r, rules[k].bad_len);
     if (n > left - SPOOL_REC_HDR) return corrupt(r, "truncated record");
     if (k == RULE_E) return read_end(r, h + SPOOL_REC_HDR);
@@ -388,6 +405,8 @@ void spool_envelope_free(struct spool_envelope *env) {
   free(env->sender);
   for (size_t i = 0; i < env->n_rcpts; i++) free(env->rcpts[i]);
   free(env->rcpts);
+  for (size_t i = 0; i < env->n_orig_rcpts; i++) free(env->orig_rcpts[i]);
+  free(env->orig_rcpts);
   free(env->listener);
   free(env->next_hop);
   free(env->client);
@@ -413,14 +432,20 @@ int spool_envelope_copy(struct spool_envelope *dst, const struct spool_envelope 
   if (!rc) rc = copy_str(&dst->listener, src->listener);
   if (!rc) rc = copy_str(&dst->next_hop, src->next_hop);
   if (!rc) rc = copy_str(&dst->client, src->client);
-  if (!rc && src->n_rcpts) {
-    dst->rcpts = calloc(src->n_rcpts, sizeof *dst->rcpts);
-    if (!dst->rcpts) rc = SG_ENOMEM;
-    for (size_t i = 0; !rc && i < src->n_rcpts; i++) {
-      rc = copy_str(&dst->rcpts[i], src->rcpts[i]);
-      dst->n_rcpts = i + 1; /* so a failure frees what was copied */
-    }
-  }
+  if (!rc) rc = spool_rcpts_copy(&dst->rcpts, &dst->n_rcpts, src->rcpts, src->n_rcpts);
+  if (!rc) rc = spool_rcpts_copy(&dst->orig_rcpts, &dst->n_orig_rcpts, src->orig_rcpts, src->n_orig_rcpts);
   if (rc) spool_envelope_free(dst);
   return rc;
+}
+
+int spool_rcpts_copy(char ***dst, size_t *n_dst, char *const *src, size_t n) {
+  *dst = NULL;
+  *n_dst = 0;
+  if (n == 0) return 0;
+  if (!(*dst = calloc(n, sizeof **dst))) return SG_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    if (copy_str(&(*dst)[i], src[i])) return SG_ENOMEM; /* *n_dst covers what was copied: the caller frees */
+    *n_dst = i + 1;
+  }
+  return 0;
 }

@@ -57,6 +57,8 @@ struct spool_envelope {
   char *sender;       /* "" for <> */
   char **rcpts;
   size_t n_rcpts;
+  char **orig_rcpts;  /* the recipients before a split or partial delivery; none = rcpts */
+  size_t n_orig_rcpts;
   char *listener;
   char *next_hop;
   uint32_t flags;
@@ -93,6 +95,10 @@ int spool_record_parse(const void *buf, size_t len, struct spool_envelope *env,
 /* Frees the strings and recipient list and zeroes *env; safe on a zeroed
  * envelope and on NULL. */
 void spool_envelope_free(struct spool_envelope *env);
+
+/* Deep copy of a recipient list into *dst (n entries).  0 or SG_ENOMEM;
+ * on failure *dst holds *n_dst copied strings (free them and *dst). */
+int spool_rcpts_copy(char ***dst, size_t *n_dst, char *const *src, size_t n);
 
 /* Deep copy (strings and recipient list). 0 or SG_ENOMEM.
  * dst is overwritten (not freed first); on error it holds nothing to free. */

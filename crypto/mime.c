@@ -63,8 +63,12 @@ void mime_init(void) { pthread_once(&mime_once, mime_init_once); }
 /* Length of the line at p (at most n bytes), without its line end.
  * *eol_out: 2 for CRLF, 1 for a lone LF or a lone CR, 0 at end of input. */
 static size_t line_next(const char *p, size_t n, size_t *eol_out) {
-  size_t i = 0;
-  while (i < n && p[i] != '\n' && p[i] != '\r') i++;
+  /* Two vectorised scans instead of a byte loop: this runs over every
+   * header line of every message policies look at. */
+  const char *lf = memchr(p, '\n', n);
+  size_t i = lf ? (size_t)(lf - p) : n;
+  const char *cr = memchr(p, '\r', i);
+  if (cr) i = (size_t)(cr - p);
   if (i == n) *eol_out = 0;
   else if (p[i] == '\r' && i + 1 < n && p[i + 1] == '\n') *eol_out = 2;
   else *eol_out = 1;
@@ -209,7 +213,7 @@ size_t mime_header_index(const char *msg, size_t len, struct mime_field *out, si
     }
     off += k + eol;
   }
-  return n < max ? n : max;
+  return n;
 }
 
 struct header_split {

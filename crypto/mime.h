@@ -103,9 +103,10 @@ int mime_multipart_parts(const char *body, size_t len, const char *boundary, str
 struct mime_field {
   size_t name_off, name_len, value_off, value_len;
 };
-/* Index msg's header block: at most max fields into out (later ones are
- * not seen); returns how many.  The block ends at the empty line, or at
- * the first line that is neither a field nor a continuation. */
+/* Index msg's header block: at most max fields into out; returns how
+ * many fields the block holds (more than max: the rest were not stored;
+ * max 0 just counts).  The block ends at the empty line, or at the first
+ * line that is neither a field nor a continuation. */
 size_t mime_header_index(const char *msg, size_t len, struct mime_field *out, size_t max);
 
 /* Line ends made CRLF: 1 (out untouched) if they all are already, else 0

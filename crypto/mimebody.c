@@ -17,25 +17,30 @@
  * after charset conversion is repaired (U+FFFD), never refused.
  *
  * Rules decided here:
- *  - A text part is any leaf of type text (any subtype), wherever it is (also a text/plain
- *    attachment: its words are in the message just the same).  text/html
- *    is searched as its decoded source, tags and entities included.
+ *  - A text part is any leaf of type text (any subtype), wherever it is
+ *    (a text/plain attachment too: its words are in the message just the
+ *    same).  text/html is searched as its decoded source, tags and
+ *    entities included.
  *  - A declared charset other than UTF-8/US-ASCII is converted by GMime's
  *    charset filter.  Text that then still is not valid UTF-8 (no charset,
  *    a wrong or unknown one) is read as windows-1252, else ISO-8859-1: the
  *    usual mislabelling in practice, and every byte has a meaning there.
- *  - NUL bytes in text become spaces, and parts are joined by "\n", so a
- *    needle never matches across two parts.
+ *  - NUL bytes in text become spaces (GLib's UTF-8 functions stop at a
+ *    NUL), and parts are joined by "\n", so the last word of one part and
+ *    the first of the next never run together.
  *  - Case folding is Unicode full case folding (g_utf8_casefold), done
  *    per chunk (it maps each character on its own, so chunks cut at
  *    character boundaries fold the same as the whole), with pure-ASCII
  *    chunks lower-cased directly.
  *
- * Memory: large buffers are ours (malloc, SG_ENOMEM when it fails); GLib
- * and GMime abort on allocation failure themselves, which we cannot
- * change, but their allocations here are bounded by one chunk or one part.
+ * Memory: the folded text (at most MIMEBODY_MAX_TEXT bytes) is ours
+ * (malloc, SG_ENOMEM when it fails); text is decoded, converted and folded
+ * a few KiB at a time, so no decoded copy of a whole part is ever held.
+ * GLib and GMime abort on allocation failure themselves, which we cannot
+ * change; besides the parse tree, their allocations here are one chunk.
  */
 #include "crypto/mimebody.h"
+#include "crypto/mime.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -58,20 +63,17 @@ struct mimebody {
   bool text_done, text_ok;
   GPtrArray *names; /* attachment names, UTF-8, g_free'd; NULL until asked */
   bool names_ok;
+  bool incomplete;  /* a limit left part of the message unread (mimebody_incomplete) */
 };
 
 /* ------------------------------------------------------------------------ */
 /* Process init                                                              */
 
-static pthread_once_t mimebody_once = PTHREAD_ONCE_INIT;
-
-/* g_mime_init counts its calls and does the work only on the first, so
- * crypto/mime.c's own once-init calling it too is harmless, as long as the
- * two first calls do not race (both are made at startup). */
-static void mimebody__init_once(void) { g_mime_init(); }
-
+/* One g_mime_init for the process, crypto/mime.c's: g_mime_init itself
+ * is not safe to call from two threads at once. */
 int mimebody_global_init(void) {
-  return pthread_once(&mimebody_once, mimebody__init_once) == 0 ? 0 : SG_ENOMEM;
+  mime_init();
+  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -229,9 +231,9 @@ struct mimebody__walk {
 
 static void mimebody__walk(struct mimebody__walk *w, GMimeObject *o, unsigned depth) {
   if (!o || w->stop) return;
-  if (depth > MIMEBODY_MAX_DEPTH) return; /* too deep: not looked at */
-  if (++w->parts > MIMEBODY_MAX_PARTS) {
-    w->stop = true;
+  if (depth > MIMEBODY_MAX_DEPTH || ++w->parts > MIMEBODY_MAX_PARTS) { /* not looked at */
+    w->b->incomplete = true;
+    w->stop = depth <= MIMEBODY_MAX_DEPTH;
     return;
   }
   if (GMIME_IS_MULTIPART(o)) {
@@ -269,69 +271,94 @@ static bool mimebody__is_utf8_name(const char *cs) {
          !g_ascii_strcasecmp(cs, "us-ascii") || !g_ascii_strcasecmp(cs, "ascii");
 }
 
-/* A stream that reads part's content transfer-decoded and, if its charset
- * is declared and known, converted to UTF-8 (*converted_out).  NULL if the
- * part has no content.  The stream is the caller's (g_object_unref). */
-static GMimeStream *mimebody__decoder(GMimePart *part, bool *converted_out) {
-  *converted_out = false;
+/* One text part being read: the decoding stream, and what is known about
+ * the bytes it gives. */
+struct mimebody__part {
+  GMimeStream *in;  /* transfer-decoded (and charset-converted) content; ours */
+  GMimeStream *src; /* the raw content under it; the part's */
+  bool converted;   /* GMime's charset filter made it UTF-8 */
+  bool cp1252;      /* not UTF-8 and no known charset: read as windows-1252 */
+  bool eof;
+};
+
+/* Opens part for reading: transfer-decoded and, if its charset is declared
+ * and known to iconv, converted to UTF-8.  False if it has no content. */
+static bool mimebody__open(GMimePart *part, struct mimebody__part *pt) {
+  *pt = (struct mimebody__part){0};
   GMimeDataWrapper *dw = g_mime_part_get_content(part);
-  GMimeStream *src = dw ? g_mime_data_wrapper_get_stream(dw) : NULL;
-  if (!src) return NULL;
-  g_mime_stream_reset(src);
-  GMimeStream *f = g_mime_stream_filter_new(src);
+  pt->src = dw ? g_mime_data_wrapper_get_stream(dw) : NULL;
+  if (!pt->src) return false;
+  g_mime_stream_reset(pt->src);
+  pt->in = g_mime_stream_filter_new(pt->src);
   GMimeContentEncoding enc = g_mime_data_wrapper_get_encoding(dw);
   if (enc == GMIME_CONTENT_ENCODING_BASE64 || enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
       enc == GMIME_CONTENT_ENCODING_UUENCODE) {
     GMimeFilter *basic = g_mime_filter_basic_new(enc, FALSE);
-    g_mime_stream_filter_add(GMIME_STREAM_FILTER(f), basic);
+    g_mime_stream_filter_add(GMIME_STREAM_FILTER(pt->in), basic);
     g_object_unref(basic);
   }
   const char *cs = GMIME_IS_TEXT_PART(part) ? g_mime_text_part_get_charset(GMIME_TEXT_PART(part)) : NULL;
   GMimeFilter *conv = cs && !mimebody__is_utf8_name(cs) ? g_mime_filter_charset_new(cs, "UTF-8") : NULL;
   if (conv) { /* NULL too when iconv does not know the charset */
-    g_mime_stream_filter_add(GMIME_STREAM_FILTER(f), conv);
+    g_mime_stream_filter_add(GMIME_STREAM_FILTER(pt->in), conv);
     g_object_unref(conv);
-    *converted_out = true;
+    pt->converted = true;
   }
-  return f;
+  return true;
 }
 
-/* Reads all of s, but at most cap bytes, into out (NULs made spaces). */
-static int mimebody__read(GMimeStream *s, size_t cap, struct buf *out) {
-  int zeros = 0;
-  while (out->len < cap) {
-    size_t want = MIN((size_t)MIMEBODY_CHUNK, cap - out->len);
-    int rc = buf_reserve(out, want);
-    if (rc) return rc;
-    ssize_t n = g_mime_stream_read(s, out->data + out->len, want);
-    if (n < 0) break;
-    /* A filter may turn a whole chunk into nothing (base64 of only line
-     * ends) before the end: only an empty read at the end stops us. */
-    if (n == 0 && (g_mime_stream_eos(s) || ++zeros > 3)) break;
-    if (n > 0) zeros = 0;
-    for (char *p = out->data + out->len, *e = p + n; (p = memchr(p, '\0', (size_t)(e - p))) != NULL;) ;
-    out->len += (size_t)n;
+/* Appends the next decoded bytes of pt to raw (at most one chunk; NULs
+ * made spaces), or sets pt->eof. */
+static int mimebody__read(struct mimebody__part *pt, struct buf *raw) {
+  int rc = buf_reserve(raw, MIMEBODY_CHUNK);
+  if (rc) return rc;
+  for (int zeros = 0;;) {
+    ssize_t n = g_mime_stream_read(pt->in, raw->data + raw->len, MIMEBODY_CHUNK);
+    if (n > 0) {
+      char *p = raw->data + raw->len, *e = p + n;
+      while ((p = memchr(p, '\0', (size_t)(e - p))) != NULL) *p = ' ';
+      raw->len += (size_t)n;
+      return 0;
+    }
+    /* A filter may turn a read of its source into nothing (base64 of only
+     * line ends) before the end; the end is an empty read after the
+     * source's end, once the filters were flushed. */
+    if (n < 0 || g_mime_stream_eos(pt->in) || (g_mime_stream_eos(pt->src) && ++zeros > 2)) {
+      pt->eof = true;
+      return 0;
+    }
   }
-  if (out->data) out->data[out->len] = '\0';
+}
+
+/* How many bytes at the end of p (n bytes) start a UTF-8 character that
+ * the next read completes: kept for then, so a chunk edge never splits one. */
+static size_t mimebody__utf8_tail(const char *p, size_t n) {
+  for (size_t back = 1; back <= 3 && back <= n; back++) {
+    unsigned char c = (unsigned char)p[n - back];
+    if ((c & 0xC0) == 0x80) continue;
+    size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+    return need > back ? back : 0;
+  }
   return 0;
 }
 
-/* raw (NUL-free) as valid UTF-8: itself, or a new g_malloc'd string in
- * *fixed_out (the caller's, g_free) with its length in *len_out. */
-static void mimebody__utf8(const struct buf *raw, bool converted, char **fixed_out, size_t *len_out) {
-  *fixed_out = NULL;
-  *len_out = raw->len;
-  if (g_utf8_validate_len(raw->data, raw->len, NULL)) return;
-  gsize n = 0;
-  if (!converted) { /* no (known) charset: the usual guesses, see the top */
-    *fixed_out = g_convert(raw->data, (gssize)raw->len, "UTF-8", "WINDOWS-1252", NULL, &n, NULL);
-    if (!*fixed_out) *fixed_out = g_convert(raw->data, (gssize)raw->len, "UTF-8", "ISO-8859-1", NULL, &n, NULL);
+/* p (n decoded bytes of pt) as valid UTF-8: NULL if it is already, else a
+ * g_malloc'd string (the caller's) with its length in *len_out. */
+static char *mimebody__utf8(struct mimebody__part *pt, const char *p, size_t n, size_t *len_out) {
+  if (!pt->cp1252 && g_utf8_validate_len(p, n, NULL)) return NULL;
+  gsize k = 0;
+  char *s = NULL;
+  if (!pt->converted) { /* no (known) charset: the usual guesses, see the top */
+    pt->cp1252 = true;
+    s = g_convert(p, (gssize)n, "UTF-8", "WINDOWS-1252", NULL, &k, NULL);
+    if (!s) s = g_convert(p, (gssize)n, "UTF-8", "ISO-8859-1", NULL, &k, NULL);
   }
-  if (!*fixed_out) {
-    *fixed_out = g_utf8_make_valid(raw->data, (gssize)raw->len);
-    n = strlen(*fixed_out);
+  if (!s) {
+    s = g_utf8_make_valid(p, (gssize)n);
+    k = strlen(s);
   }
-  *len_out = n;
+  *len_out = k;
+  return s;
 }
 
 static bool mimebody__ascii(const char *p, size_t n) {
@@ -376,31 +403,44 @@ static int mimebody__fold(const char *p, size_t n, struct buf *out, size_t cap) 
   return 0;
 }
 
-/* Visit: adds one text part's folded text to b->text; 1 when full. */
-static int mimebody__text_visit(struct mimebody__walk *w, GMimeObject *o) {
-  struct buf *text = &w->b->text;
-  if (!GMIME_IS_TEXT_PART(o)) return 0;
-  if (text->len + 1 >= MIMEBODY_MAX_TEXT) return 1;
-  if (text->len) {
-    int rc = buf_append(text, "\n", 1);
-    if (rc) return rc;
-  }
-  bool converted;
-  GMimeStream *s = mimebody__decoder(GMIME_PART(o), &converted);
-  if (!s) return 0;
+/* Adds pt's text to text, read and folded one chunk at a time, until its
+ * end or MIMEBODY_MAX_TEXT. */
+static int mimebody__text_add(struct mimebody__part *pt, struct buf *text) {
   struct buf raw = BUF_INIT;
-  int rc = mimebody__read(s, MIMEBODY_MAX_TEXT - text->len, &raw);
-  g_object_unref(s);
-  if (rc == 0 && raw.len) {
-    char *fixed;
-    size_t n;
-    mimebody__utf8(&raw, converted, &fixed, &n);
-    rc = mimebody__fold(fixed ? fixed : raw.data, n, text, MIMEBODY_MAX_TEXT);
+  int rc = 0;
+  while (rc == 0 && !pt->eof && text->len < MIMEBODY_MAX_TEXT) {
+    rc = mimebody__read(pt, &raw);
+    size_t tail = pt->eof || pt->cp1252 ? 0 : mimebody__utf8_tail(raw.data, raw.len);
+    size_t n = raw.len - tail, fixed_len = 0;
+    if (rc || n == 0) continue;
+    char *fixed = mimebody__utf8(pt, raw.data, n, &fixed_len);
+    rc = mimebody__fold(fixed ? fixed : raw.data, fixed ? fixed_len : n, text, MIMEBODY_MAX_TEXT);
     g_free(fixed);
+    memmove(raw.data, raw.data + n, tail);
+    raw.len = tail;
   }
   buf_free(&raw);
   return rc;
 }
+
+/* Visit: adds one text part's folded text to b->text; 1 when full. */
+static int mimebody__text_visit(struct mimebody__walk *w, GMimeObject *o) {
+  struct buf *text = &w->b->text;
+  if (!GMIME_IS_TEXT_PART(o)) return 0;
+  if (text->len + 1 >= MIMEBODY_MAX_TEXT) {
+    w->b->incomplete = true;
+    return 1;
+  }
+  struct mimebody__part pt;
+  if (!mimebody__open(GMIME_PART(o), &pt)) return 0;
+  int rc = text->len ? buf_append(text, "\n", 1) : 0;
+  if (rc == 0) rc = mimebody__text_add(&pt, text);
+  if (rc == 0 && !pt.eof) w->b->incomplete = true; /* stopped at MIMEBODY_MAX_TEXT */
+  g_object_unref(pt.in);
+  return rc;
+}
+
+bool mimebody_incomplete(const struct mimebody *b) { return b && b->incomplete; }
 
 bool mimebody_contains(struct mimebody *b, const char *needle) {
   if (!needle || !*needle) return true;

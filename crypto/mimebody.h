@@ -12,7 +12,9 @@
  * parsed.  Callers: policy evaluation (core/policy.c) on crypto worker
  * threads, tests, the bench.  One struct is used by one thread at a time;
  * different structs may be used on different threads at once
- * (mimebody_global_init must have run once before, from any thread).
+ * (mimebody_global_init must have run once before, from any thread: call
+ * it at startup, before the workers, because crypto/mime.c's mime_init()
+ * also runs g_mime_init(), whose first call must not race with another).
  *
  * Trust: the message is hostile.  Parsing is bounded (MIMEBODY_MAX_DEPTH
  * levels, MIMEBODY_MAX_PARTS parts: the rest is not looked at), the text
@@ -35,7 +37,9 @@
 
 struct mimebody;
 
-/* g_mime_init, once per process (pthread_once); 0 or SG_ENOMEM. */
+/* g_mime_init, once per process (pthread_once); 0 or SG_ENOMEM.
+ * mimebody_new calls it too, so a forgotten call costs only the race
+ * described above. */
 int mimebody_global_init(void);
 
 /* A view of the message data (header and body, CRLF or LF line ends).
@@ -45,10 +49,15 @@ int mimebody_new(const char *data, size_t len, struct mimebody **out);
 void mimebody_free(struct mimebody *b); /* NULL is fine */
 
 /* Does the decoded text of the text parts (text/plain, text/html, ...;
- * the body of a single-part text message too) contain needle?  Both are
- * compared case-insensitively (Unicode case folding, UTF-8).  needle is
- * UTF-8 as written in the filter; an empty needle is contained in every
- * message.  False if the message cannot be parsed or memory runs out. */
+ * the body of a single-part text message too; an attachment of type
+ * text is a text part as well) contain needle?  Both are compared case-insensitively
+ * (Unicode full case folding, UTF-8).  Text is transfer-decoded and
+ * converted from its declared charset; text that is then not UTF-8 is
+ * read as windows-1252.  Header fields, the preamble and non-text parts
+ * are not searched.  The folded text is made on the first call and kept.
+ * needle is UTF-8 as written in the filter; an empty needle is contained
+ * in every message.  False if the message cannot be parsed or memory runs
+ * out. */
 bool mimebody_contains(struct mimebody *b, const char *needle);
 
 /* The file name of the index-th attachment (Content-Disposition filename=
@@ -57,10 +66,18 @@ bool mimebody_contains(struct mimebody *b, const char *needle);
  * string belongs to b. */
 const char *mimebody_attachment(struct mimebody *b, size_t index);
 
+/* Did a limit (MIMEBODY_MAX_DEPTH, _PARTS, _TEXT) leave part of the
+ * message unread in the questions asked so far?  Then a "not found" means
+ * little: a crafted message can hide text or names behind the limits, and
+ * policies fail closed (core/policy.c). */
+bool mimebody_incomplete(const struct mimebody *b);
+
 /* RFC 2047 decode and unfold one header value (raw bytes as they stand
  * after "Name:"), to UTF-8.  Returns a malloc'd string (the caller's) or
- * NULL when out of memory.  A value with no encoded-word comes back
- * unfolded, otherwise unchanged. */
+ * NULL when out of memory.  Leading whitespace and a final line end are
+ * dropped.  A value with no encoded-word and valid UTF-8 comes back
+ * unfolded, otherwise unchanged; other 8-bit bytes are read with GMime's
+ * fallback charsets.  The result is always valid UTF-8. */
 char *mimebody_header_decode(const char *raw, size_t len);
 
 #endif

@@ -306,15 +306,18 @@ static int ctl_init_args(const struct ctl *c, struct ctl_init *o) {
 }
 
 /* Write path atomically with mode; 0 or an errno-derived code. */
+/* The temporary file is made with a fresh name (mkstemp: O_EXCL, so a
+ * symlink planted in the folder, which may belong to the daemon's user,
+ * is never followed by a root sealctl) and given its mode through its fd. */
 int ctl_write_file(const char *path, const char *text, mode_t mode) {
   char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= (int)sizeof tmp) return SG_EINVAL;
+  int fd = mkostemp(tmp, O_CLOEXEC);
   if (fd < 0) return sgerr_from_errno(errno);
   size_t len = strlen(text);
-  int rc = (write(fd, text, len) == (ssize_t)len && fsync(fd) == 0) ? 0 : sgerr_from_errno(errno);
+  int rc = (fchmod(fd, mode) == 0 && write(fd, text, len) == (ssize_t)len && fsync(fd) == 0) ? 0 : sgerr_from_errno(errno);
   if (close(fd) != 0 && rc == 0) rc = SG_EIO;
-  if (rc == 0 && (fchmodat(AT_FDCWD, tmp, mode, 0) != 0 || rename(tmp, path) != 0)) rc = sgerr_from_errno(errno);
+  if (rc == 0 && rename(tmp, path) != 0) rc = sgerr_from_errno(errno);
   if (rc) unlink(tmp);
   return rc;
 }

@@ -85,21 +85,19 @@ static int ctl_pf_args(const struct ctl *c, int n, const char *usage) {
 
 /* ---- a profile's keys ------------------------------------------------------- */
 
-/* The keys in config.c's PROFILE_FIELDS order, and the names of each enum
- * value in config.h's order.  config.c keeps its tables static; these
- * mirror them, and every rewrite is loaded by config.c before it is
- * installed, so a divergence fails loudly instead of writing a wrong file.
- * XXX: config.h could export the tables. */
+/* The keys in config.c's PROFILE_FIELDS order (every rewrite is loaded by
+ * config.c before it is installed, so a divergence fails loudly instead of
+ * writing a wrong file); the enum values' words are config.h's tables. */
 static const char *const CTL_PF_KEYS[] = {"name",      "mode",       "signing_certificate", "sign_mode",
                                           "missing_key_action", "encryption", "signature", "key_transport"};
 #define CTL_PF_NKEYS (sizeof CTL_PF_KEYS / sizeof *CTL_PF_KEYS)
-static const char *const CTL_PF_MODES[] = {"sign", "encrypt", "sign-encrypt", "triple"};
-static const char *const CTL_PF_SIGN_MODES[] = {"detached", "opaque"};
-static const char *const CTL_PF_MISSING[] = {"bounce", "drop", "split"};
-static const char *const CTL_PF_ENCRYPTIONS[] = {"auto", "aes256-cbc", "aes256-gcm"};
-static const char *const CTL_PF_SIGNATURES[] = {"rsa-pkcs1", "rsa-pss"};
-static const char *const CTL_PF_TRANSPORTS[] = {"rsa-pkcs1", "rsa-oaep"};
-#define CTL_PF_ENUM(names, v) ((unsigned)(v) < sizeof names / sizeof *names ? names[v] : "?")
+
+/* names[v] of a NULL-terminated table, or "?" past its end. */
+static const char *ctl_pf_enum(const char *const *names, int v) {
+  for (int i = 0; names[i]; i++)
+    if (i == v) return names[i];
+  return "?";
+}
 
 /* Key i of p as the config spells it, defaults included; NULL when the
  * key does not apply to p's mode (config.c refuses such a key). */
@@ -107,13 +105,13 @@ static const char *ctl_pf_value(const struct config_sending_profile *p, size_t i
   bool signs = p->mode != CONFIG_MODE_ENCRYPT, encrypts = p->mode != CONFIG_MODE_SIGN;
   switch (i) {
     case 0: return p->name;
-    case 1: return CTL_PF_ENUM(CTL_PF_MODES, p->mode);
+    case 1: return ctl_pf_enum(config_mode_names, p->mode);
     case 2: return signs ? p->signing_certificate : NULL;
-    case 3: return signs ? CTL_PF_ENUM(CTL_PF_SIGN_MODES, p->sign_mode) : NULL;
-    case 4: return encrypts ? CTL_PF_ENUM(CTL_PF_MISSING, p->missing_key_action) : NULL;
-    case 5: return encrypts ? CTL_PF_ENUM(CTL_PF_ENCRYPTIONS, p->encryption) : NULL;
-    case 6: return signs ? CTL_PF_ENUM(CTL_PF_SIGNATURES, p->signature) : NULL;
-    case 7: return encrypts ? CTL_PF_ENUM(CTL_PF_TRANSPORTS, p->key_transport) : NULL;
+    case 3: return signs ? ctl_pf_enum(config_sign_mode_names, p->sign_mode) : NULL;
+    case 4: return encrypts ? ctl_pf_enum(config_missing_key_names, p->missing_key_action) : NULL;
+    case 5: return encrypts ? ctl_pf_enum(config_encryption_names, p->encryption) : NULL;
+    case 6: return signs ? ctl_pf_enum(config_signature_names, p->signature) : NULL;
+    case 7: return encrypts ? ctl_pf_enum(config_key_transport_names, p->key_transport) : NULL;
     default: return NULL;
   }
 }
@@ -511,7 +509,7 @@ static int ctl_pf_commit(const struct ctl_pf_file *f, const char *text, bool tok
     return 1;
   }
   /* root editing a config that belongs to the daemon's user keeps it theirs */
-  if (geteuid() == 0 && (f->st.st_uid != 0 || f->st.st_gid != 0) && chown(next, f->st.st_uid, f->st.st_gid) != 0)
+  if (geteuid() == 0 && (f->st.st_uid != 0 || f->st.st_gid != 0) && lchown(next, f->st.st_uid, f->st.st_gid) != 0)
     fprintf(stderr, "sealctl: warning: cannot give %s to uid %u: %s\n", next, (unsigned)f->st.st_uid,
             strerror(errno));
   rc = ctl_pf_check(f->cfg, next, token);

@@ -21,6 +21,7 @@
 
 #include <cmocka.h>
 
+#include "core/buf.h"
 #include "core/config.h"
 #include "core/policy.h"
 #include "core/sgerr.h"
@@ -58,7 +59,7 @@ static struct config *load(const char *extra) {
 
 static int eval(const struct config *c, const char *msg, const char *sender, char *const *rcpts, size_t n,
                 bool released, struct policy_result *r) {
-  struct policy_input in = {msg, strlen(msg), sender, rcpts, n, CONFIG_OUTGOING, false, false, released};
+  struct policy_input in = {msg, strlen(msg), sender, rcpts, n, NULL, 0, CONFIG_OUTGOING, false, false, released};
   return policy_evaluate(c, &in, r);
 }
 
@@ -148,7 +149,7 @@ static void test_implicit_default_and_direction(void **state) {
   assert_int_equal(r.groups[0].verdict, POLICY_DELIVER);
   policy_result_free(&r);
   char *rc[] = {"z@x.example"};
-  struct policy_input in = {MSG("hi", "x\r\n"), strlen(MSG("hi", "x\r\n")), "a@b.c", rc, 1, CONFIG_INCOMING, false, false, false};
+  struct policy_input in = {MSG("hi", "x\r\n"), strlen(MSG("hi", "x\r\n")), "a@b.c", rc, 1, NULL, 0, CONFIG_INCOMING, false, false, false};
   assert_int_equal(policy_evaluate(c, &in, &r), 0);
   assert_int_equal(r.groups[0].verdict, POLICY_DELIVER); /* outgoing policies do not apply to incoming mail */
   policy_result_free(&r);
@@ -296,13 +297,46 @@ static void test_smime_flags(void **state) {
   bool flags[3][2] = {{true, false}, {true, true}, {false, false}};
   enum policy_verdict want[3] = {POLICY_QUARANTINE, POLICY_DELIVER, POLICY_DELIVER};
   for (int i = 0; i < 3; i++) {
-    struct policy_input in = {msg, strlen(msg), "a@b.c", rcpt, 1, CONFIG_INCOMING, flags[i][0], flags[i][1], false};
+    struct policy_input in = {msg, strlen(msg), "a@b.c", rcpt, 1, NULL, 0, CONFIG_INCOMING, flags[i][0], flags[i][1], false};
     struct policy_result r;
     assert_int_equal(policy_evaluate(c, &in, &r), 0);
     assert_int_equal(r.groups[0].verdict, want[i]);
     assert_int_equal(r.groups[0].n_headers, want[i] == POLICY_DELIVER ? 1 : 0);
     policy_result_free(&r);
   }
+  config_unref(c);
+}
+
+/* A split or a partial delivery leaves a message with fewer recipients:
+ * the filters still judge it with its original ones (spool 'O' records),
+ * so no part escapes what the whole message got.  And groups held,
+ * dropped or bounced alike are not split for their headers or profile. */
+static void test_original_recipients_keep_the_outcome(void **state) {
+  (void)state;
+  struct config *c = load(
+      "content_filters:\n"
+      "  - {name: s, direction: outgoing, condition: 'subject == \".\"', actions: ['smime-gateway(\"p1\")']}\n"
+      "mail_policies:\n"
+      "  - {name: bosses, direction: outgoing, senders: [\"*\"], recipients: [\"boss@example.com\"],"
+      " content_filters: [s]}\n"
+      "message_filters: |\n"
+      "  boss: if (rcpt-to == \"^boss@\") { quarantine(\"Boss\"); }\n");
+  char *both[] = {"boss@example.com", "alice@example.com"};
+  struct policy_result r;
+  assert_int_equal(eval(c, MSG("x", "y\r\n"), "a@b.c", both, 2, false, &r), 0);
+  assert_int_equal(r.n_groups, 1); /* both held: not split for the profile */
+  assert_int_equal(r.groups[0].verdict, POLICY_QUARANTINE);
+  policy_result_free(&r);
+  char *alice[] = {"alice@example.com"};
+  struct policy_input in = {MSG("x", "y\r\n"), strlen(MSG("x", "y\r\n")), "a@b.c", alice, 1, both, 2,
+                            CONFIG_OUTGOING, false, false, false};
+  assert_int_equal(policy_evaluate(c, &in, &r), 0);
+  assert_int_equal(r.groups[0].verdict, POLICY_QUARANTINE); /* alice alone, judged with boss */
+  policy_result_free(&r);
+  in.all_rcpts = NULL, in.n_all_rcpts = 0;
+  assert_int_equal(policy_evaluate(c, &in, &r), 0);
+  assert_int_equal(r.groups[0].verdict, POLICY_DELIVER);
+  policy_result_free(&r);
   config_unref(c);
 }
 
@@ -364,23 +398,59 @@ static void test_hostile_messages(void **state) {
   for (size_t i = 0; i < sizeof msgs / sizeof *msgs; i++) {
     struct policy_result r;
     char *rcpt[] = {"b@example.net"};
-    struct policy_input in = {msgs[i], strlen(msgs[i]), "", rcpt, 1, CONFIG_OUTGOING, false, false, false};
+    struct policy_input in = {msgs[i], strlen(msgs[i]), "", rcpt, 1, NULL, 0, CONFIG_OUTGOING, false, false, false};
     assert_int_equal(policy_evaluate(c, &in, &r), 0);
     assert_int_equal(r.n_groups, 1);
     policy_result_free(&r);
   }
-  /* 2000 header fields: only POLICY_MAX_HEADERS are looked at, no crash */
-  size_t cap = 2000 * 16 + 64;
-  char *big = malloc(cap), *p = big;
-  for (int i = 0; i < 2000; i++) p += sprintf(p, "X-F%d: v\r\n", i);
-  strcpy(p, "Subject: go\r\n\r\nbody\r\n");
-  struct policy_result r;
+  /* POLICY_MAX_HEADERS fields before the Subject: still seen, dropped;
+   * one more and the filters cannot see it all: held in Policy (fail
+   * closed), never delivered on half a look. */
+  for (size_t extra = 0; extra < 2; extra++) {
+    size_t n = POLICY_MAX_HEADERS - 1 + extra, cap = n * 16 + 64;
+    char *big = malloc(cap), *p = big;
+    assert_non_null(big);
+    for (size_t i = 0; i < n; i++) p += sprintf(p, "X-F%zu: v\r\n", i);
+    strcpy(p, "Subject: go\r\n\r\nbody\r\n");
+    struct policy_result r;
+    char *rcpt[] = {"b@example.net"};
+    struct policy_input in = {big, strlen(big), "", rcpt, 1, NULL, 0, CONFIG_OUTGOING, false, false, false};
+    assert_int_equal(policy_evaluate(c, &in, &r), 0);
+    if (!extra) {
+      assert_int_equal(r.groups[0].verdict, POLICY_DROP);
+    } else {
+      assert_int_equal(r.groups[0].verdict, POLICY_QUARANTINE);
+      assert_string_equal(r.groups[0].quarantine, "Policy");
+      assert_non_null(strstr(r.groups[0].decided_by, "limits"));
+    }
+    policy_result_free(&r);
+    free(big);
+  }
+  config_unref(c);
+}
+
+/* A body condition that met a MIME limit fails closed too. */
+static void test_body_limits_fail_closed(void **state) {
+  (void)state;
+  struct config *c = load(
+      "content_filters:\n"
+      "  - {name: b, direction: outgoing, condition: 'body-contains(\"secret\")', actions: ['drop()']}\n"
+      "mail_policies:\n"
+      "  - {name: default, direction: outgoing, senders: [\"*\"], recipients: [\"*\"], content_filters: [b]}\n");
+  struct buf m = BUF_INIT;
+  buf_appendf(&m, "Subject: deep\r\nMIME-Version: 1.0\r\n");
+  for (int i = 0; i < MIMEBODY_MAX_DEPTH + 2; i++)
+    buf_appendf(&m, "Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n", i, i);
+  buf_appendf(&m, "Content-Type: text/plain\r\n\r\nthe secret\r\n");
+  for (int i = MIMEBODY_MAX_DEPTH + 1; i >= 0; i--) buf_appendf(&m, "--b%d--\r\n", i);
   char *rcpt[] = {"b@example.net"};
-  struct policy_input in = {big, strlen(big), "", rcpt, 1, CONFIG_OUTGOING, false, false, false};
+  struct policy_input in = {m.data, m.len, "", rcpt, 1, NULL, 0, CONFIG_OUTGOING, false, false, false};
+  struct policy_result r;
   assert_int_equal(policy_evaluate(c, &in, &r), 0);
-  assert_int_equal(r.groups[0].verdict, POLICY_DELIVER); /* its Subject is field 2001: not seen */
+  assert_int_equal(r.groups[0].verdict, POLICY_QUARANTINE); /* the secret is hidden below the limit */
+  assert_string_equal(r.groups[0].quarantine, "Policy");
   policy_result_free(&r);
-  free(big);
+  buf_free(&m);
   config_unref(c);
 }
 
@@ -399,9 +469,11 @@ int main(void) {
       cmocka_unit_test(test_bounce_and_last_profile_wins),
       cmocka_unit_test(test_message_filters_first_and_deliver_does_not_stop_content_filters),
       cmocka_unit_test(test_smime_flags),
+      cmocka_unit_test(test_original_recipients_keep_the_outcome),
       cmocka_unit_test(test_encoded_subject_and_lazy_body),
       cmocka_unit_test(test_insert_headers),
       cmocka_unit_test(test_hostile_messages),
+      cmocka_unit_test(test_body_limits_fail_closed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,6 +65,8 @@ static void assert_env_equal(const struct spool_envelope *a, const struct spool_
   assert_string_equal(a->sender, b->sender);
   assert_int_equal(a->n_rcpts, b->n_rcpts);
   for (size_t i = 0; i < a->n_rcpts; i++) assert_string_equal(a->rcpts[i], b->rcpts[i]);
+  assert_int_equal(a->n_orig_rcpts, b->n_orig_rcpts);
+  for (size_t i = 0; i < a->n_orig_rcpts; i++) assert_string_equal(a->orig_rcpts[i], b->orig_rcpts[i]);
   assert_string_equal(a->listener ? a->listener : "", b->listener ? b->listener : "");
   assert_string_equal(a->next_hop ? a->next_hop : "", b->next_hop ? b->next_hop : "");
   assert_int_equal(a->flags, b->flags);
@@ -195,6 +197,28 @@ static void test_roundtrip_basic(void **state) {
   e.flags = 0;
   e.n_rcpts = 1;
   roundtrip(&e, "x", 1);
+}
+
+/* 'O' records (the recipients before a split, issue #6): optional, after
+ * the 'R' records, kept by a copy. */
+static void test_original_recipients(void **state) {
+  (void)state;
+  struct spool_envelope e = sample_env();
+  char *orig[] = {"alice@example.org", "bob@example.net", "carol@example.com", "dave@example.com"};
+  e.orig_rcpts = orig;
+  e.n_orig_rcpts = 4;
+  roundtrip(&e, "body", 4);
+  struct spool_envelope c;
+  assert_int_equal(spool_envelope_copy(&c, &e), 0);
+  assert_env_equal(&e, &c);
+  spool_envelope_free(&c);
+  /* out of place: before the first 'R', after the 'L' */
+  struct raw_opts o = {.before = 'R', .extra_type = 'O', .extra = "x@y", .extra_len = 3};
+  assert_string_equal(raw_why(&o), "missing recipient record");
+  o = (struct raw_opts){.before = 'N', .extra_type = 'O', .extra = "x@y", .extra_len = 3};
+  assert_string_equal(raw_why(&o), "record out of order");
+  o = (struct raw_opts){.before = 'L', .extra_type = 'O', .extra = "x\ny", .extra_len = 3};
+  assert_string_equal(raw_why(&o), "bad original recipient");
 }
 
 static void test_roundtrip_empty_sender_and_fields(void **state) {
@@ -539,7 +563,7 @@ static void test_content_checks(void **state) {
   o = (struct raw_opts){.skip = 'Q', .before = 'Q', .extra_type = 'Q', .extra = "a/b",
                         .extra_len = 3};
   assert_string_equal(raw_why(&o), "bad queue id");
-  o = (struct raw_opts){.skip = 'F', .before = 'F', .extra_type = 'F', .extra = "\20\0\0\0", /* bit 4: past SPOOL_F_SMIME */
+  o = (struct raw_opts){.skip = 'F', .before = 'F', .extra_type = 'F', .extra = "\40\0\0\0", /* bit 5: past SPOOL_F_RELEASED */
                         .extra_len = 4};
   assert_string_equal(raw_why(&o), "unknown flags");
   /* End record details: marker and checksum. */
@@ -756,6 +780,7 @@ int main(void) {
       cmocka_unit_test(test_lengths),
       cmocka_unit_test(test_oversize_lengths),
       cmocka_unit_test(test_content_checks),
+      cmocka_unit_test(test_original_recipients),
       cmocka_unit_test(test_too_many_rcpts),
       cmocka_unit_test(test_encode_rejects),
       cmocka_unit_test(test_copy_and_free),

@@ -21,18 +21,14 @@
 
 #include "core/buf.h"
 #include "core/quarantine.h"
+#include "tests/fuzz/fuzz_image.h"
 #include "core/sgerr.h"
 
 static void reencode_must_match(const struct quarantine_meta *meta, const struct spool_envelope *env,
                                 const char *data, size_t data_len, const uint8_t *in, size_t len) {
   struct buf head = BUF_INIT, tail = BUF_INIT;
   if (quarantine_encode(meta, env, data, data_len, &head, &tail) != 0) abort(); /* parsed: encodable */
-  if (head.len + data_len + tail.len != len) abort();
-  if (memcmp(in, head.data, head.len) != 0) abort();
-  if (data_len && memcmp(in + head.len, data, data_len) != 0) abort();
-  if (memcmp(in + head.len + data_len, tail.data, tail.len) != 0) abort();
-  buf_free(&head);
-  buf_free(&tail);
+  fuzz_image_must_match(in, len, &head, data, data_len, &tail);
 }
 
 static void check_one(const uint8_t *in, size_t len) {

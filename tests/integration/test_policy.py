@@ -106,7 +106,7 @@ mail_policies:
     content_filters: [f_vip]
 quarantines:
   - name: Small
-    max_size: "6K"
+    max_size: "16K"
 """
 
 GW = None  # the shared set-up
@@ -369,22 +369,52 @@ def test_quarantine_release_while_stopped_is_delivered_at_start():
 
 @test
 def test_quarantine_size_limit_expires_the_oldest():
-    """quarantines: Small has max_size 6K: a third 2.5 KiB message makes
-    the oldest go, with a log line."""
+    """quarantines: Small has max_size 16K: a third 5 KiB message makes
+    the oldest go, with a log line; a message the quarantine could never
+    hold is refused with a DSN instead of being held and expired at once."""
     mids = []
     for i in range(3):
-        mids.append(GW.send("small hold %d" % i, body=("z" * 60 + "\r\n") * 40))
+        mids.append(GW.send("small hold %d" % i, body=("z" * 60 + "\r\n") * 80))
         GW.not_delivered(mids[-1], r"result=quarantined quarantine=Small")
         time.sleep(0.05)
     rows = GW.quarantine("list", "Small")
     assert len(rows) == 2, rows
-    assert "quarantine: expired" in GW.gw.log() and "Small" in GW.gw.log()
+    assert re.search(r"quarantine: expired id=\S+ quarantine=Small .*reason=size", GW.gw.log()), GW.gw.log()[-2000:]
+    GW.send("small hold big", body=("z" * 60 + "\r\n") * 300)
+    assert sgtest.wait_for(lambda: any(b"larger than that quarantine's max_size" in t["data"]
+                                       for t in GW.hop.accepted), 30), GW.gw.log()[-3000:]
+    assert len(GW.quarantine("list", "Small")) == 2
 
 
 @test
 def test_policy_quarantine_always_exists():
     assert os.path.isdir(os.path.join(GW.gw.dir, "quarantine", "Policy"))
     assert GW.quarantine("list", "Policy") == []
+
+
+@test
+def test_split_does_not_let_a_part_escape_a_message_filter():
+    """A message filter holds every message with a recipient at boss@: the
+    vip recipient would be signed and the other not, but held alike they
+    stay one message (nothing delivered); released, the parts are split
+    and each judged with all the original recipients, so none is held
+    again and none escapes the signature its policy asks for."""
+    good = GW.gw.read_config()
+    try:
+        GW.gw.write_config(good + "message_filters: |\n  boss: if (rcpt-to == \"^boss@\") { quarantine(\"Boss\"); }\n")
+        sgtest.sealctl_ok(GW.gw, "reload")
+        mid = GW.send("plain words", rcpts=("a@vip.example", "boss@other.example"))
+        GW.not_delivered(mid, r"result=quarantined quarantine=Boss")
+        rows = GW.quarantine("list", "Boss")
+        assert len(rows) == 1 and sorted(rows[0]["recipients"]) == ["a@vip.example", "boss@other.example"], rows
+        sgtest.sealctl_ok(GW.gw, "quarantine", "release", rows[0]["id"])
+        ts = GW.received(mid, 2)
+        by = {tuple(rcpts_of(t)): t["data"] for t in ts}
+        assert is_signed(by[("a@vip.example",)]) and not is_signed(by[("boss@other.example",)]), by.keys()
+        assert GW.quarantine("list", "Boss") == []
+    finally:
+        GW.gw.write_config(good)
+        sgtest.sealctl_ok(GW.gw, "reload")
 
 
 # ---------------------------------------------------------------- config errors (R35)

@@ -227,6 +227,26 @@ def test_import_adds_and_replaces():
 
 
 @test
+def test_import_never_follows_a_planted_symlink():
+    """The instance folder may belong to the daemon's user; a symlink it
+    plants where sealctl writes its temporary files must not make sealctl
+    (often run as root) overwrite or chown the file it points to."""
+    with instance() as gw:
+        victim = write(gw, "victim", "precious\n")
+        os.chmod(victim, 0o644)
+        for name in ("sealgate.yaml.new", "sealgate.yaml.new.tmp", "sealgate.yaml.tmp"):
+            os.symlink(victim, os.path.join(gw.dir, name))
+        path = write(gw, "new.yaml", "sending_profiles:\n  - name: fresh\n    mode: sign\n"
+                     "    signing_certificate: org\n")
+        ok(gw, "profile", "import", path)
+        assert "fresh" in profiles(gw)
+        with open(victim) as f:
+            assert f.read() == "precious\n"
+        st = os.stat(victim)
+        assert stat.S_IMODE(st.st_mode) == 0o644 and st.st_uid == os.getuid()
+
+
+@test
 def test_import_from_stdin():
     with instance() as gw:
         r = sealctl_input(gw, "sending_profiles:\n  - name: piped\n    mode: encrypt\n", "profile", "import", "-")
