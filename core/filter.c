@@ -637,24 +637,30 @@ void filter_scratch_free(struct filter_scratch *s) {
 
 /* pcre2_jit_match skips the interpreter's checks of options the JIT code
  * already fixed; the match context (match limit) still applies. */
-static bool filter__match(struct filter__eval *e, const struct filter__node *n, const char *s) {
+static bool filter__match_n(struct filter__eval *e, const struct filter__node *n, const char *s, size_t len) {
   if (!s) return false;
   if (!e->md && !(e->md = pcre2_match_data_create(1, NULL))) return false;
   pcre2_match_context *mctx = (pcre2_match_context *)e->mctx;
-  int rc = n->jit ? pcre2_jit_match(n->re, (PCRE2_SPTR)s, strlen(s), 0, 0, e->md, mctx)
-                  : pcre2_match(n->re, (PCRE2_SPTR)s, strlen(s), 0, 0, e->md, mctx);
+  int rc = n->jit ? pcre2_jit_match(n->re, (PCRE2_SPTR)s, len, 0, 0, e->md, mctx)
+                  : pcre2_match(n->re, (PCRE2_SPTR)s, len, 0, 0, e->md, mctx);
   return rc >= 0;
+}
+
+static bool filter__match(struct filter__eval *e, const struct filter__node *n, const char *s) {
+  return s && filter__match_n(e, n, s, strlen(s));
 }
 
 static bool filter__match_list(struct filter__eval *e, const struct filter__node *n) {
   const struct filter_msg *m = e->m;
   const char *v;
+  size_t len = 0;
   for (size_t i = 0;; i++) {
     if (n->kind == FK_RCPT_TO) v = i < m->n_rcpts ? m->rcpts[i] : NULL;
-    else if (n->kind == FK_HEADER) v = m->header ? m->header(m->arg, n->str, i) : NULL;
+    else if (n->kind == FK_HEADER) v = m->header ? m->header(m->arg, n->str, i, &len) : NULL;
     else v = m->attachment ? m->attachment(m->arg, i) : NULL;
     if (!v) return false;
-    if (filter__match(e, n, v)) return true;
+    if (n->kind != FK_HEADER) len = strlen(v);
+    if (filter__match_n(e, n, v, len)) return true;
   }
 }
 

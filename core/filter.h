@@ -98,8 +98,9 @@ struct filter_action {
   int line, column; /* where the action's name stands (base_line/base_column applied) */
 };
 
-/* What evaluation sees of a message.  Strings are NUL-terminated (header
- * values already decoded and unfolded by the caller); any of them may be
+/* What evaluation sees of a message.  Strings are NUL-terminated, except
+ * header values, which come with their length (already decoded and
+ * unfolded by the caller); any of them may be
  * NULL (absent: a regex test on it is false, its != form true).  Callbacks
  * may be NULL, meaning "none" / false.  header() is called with the name as
  * written in the filter and must compare names case-insensitively
@@ -112,7 +113,10 @@ struct filter_msg {
   const char *subject, *mail_from;
   char *const *rcpts;
   size_t n_rcpts;
-  const char *(*header)(void *arg, const char *name, size_t index); /* NULL after the last */
+  /* the index-th field called name: its value (not necessarily
+   * NUL-terminated: it may point into the message) and *len; NULL after
+   * the last */
+  const char *(*header)(void *arg, const char *name, size_t index, size_t *len);
   const char *(*attachment)(void *arg, size_t index);              /* filename; NULL after the last */
   bool (*body_contains)(void *arg, const char *needle);             /* decoded text, case-insensitive */
   void *arg;

@@ -63,16 +63,37 @@ static int policy__index(struct policy__eval *e) {
   return 0;
 }
 
-/* Each value is decoded once however many conditions ask for it. */
-static const char *policy__value(struct policy__eval *e, size_t i) {
-  if (!e->decoded && !(e->decoded = calloc(e->n_fields, sizeof *e->decoded))) return NULL;
+/* A value the filters may see as it stands in the message: one line,
+ * ASCII, no encoded-word.  Leading blanks are skipped either way. */
+static bool policy__plain(const char *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)v[i];
+    if (c >= 0x80 || c == '\r' || c == '\n' || (c == '=' && i + 1 < n && v[i + 1] == '?')) return false;
+  }
+  return true;
+}
+
+/* Field i's value as the filters see it, and its length: a pointer into
+ * the message when it needs no decoding (no copy: most fields), else
+ * decoded (RFC 2047, unfolded) once however many conditions ask.  nul:
+ * the caller needs a NUL-terminated string (then it is always a copy). */
+static const char *policy__value(struct policy__eval *e, size_t i, bool nul, size_t *len) {
   const struct mime_field *f = &e->fields[i];
+  const char *v = e->in->data + f->value_off;
+  size_t n = f->value_len;
+  while (n && (*v == ' ' || *v == '\t')) v++, n--;
+  if (!nul && policy__plain(v, n)) {
+    *len = n;
+    return v;
+  }
+  if (!e->decoded && !(e->decoded = calloc(e->n_fields, sizeof *e->decoded))) return NULL;
   if (!e->decoded[i]) e->decoded[i] = mimebody_header_decode(e->in->data + f->value_off, f->value_len);
+  *len = e->decoded[i] ? strlen(e->decoded[i]) : 0;
   return e->decoded[i];
 }
 
-static const char *policy__header(void *arg, const char *name, size_t index) {
-  struct policy__eval *e = arg;
+/* The index-th field called name, or SIZE_MAX. */
+static size_t policy__find(const struct policy__eval *e, const char *name, size_t index) {
   size_t want = strlen(name);
   int c0 = tolower((unsigned char)name[0]);
   for (size_t i = 0; i < e->n_fields; i++) {
@@ -80,10 +101,21 @@ static const char *policy__header(void *arg, const char *name, size_t index) {
     const char *fname = e->in->data + f->name_off;
     if (f->name_len != want || tolower((unsigned char)fname[0]) != c0 || strncasecmp(fname, name, want) != 0)
       continue;
-    if (index-- > 0) continue;
-    return policy__value(e, i);
+    if (index-- == 0) return i;
   }
-  return NULL;
+  return SIZE_MAX;
+}
+
+static const char *policy__header(void *arg, const char *name, size_t index, size_t *len) {
+  struct policy__eval *e = arg;
+  size_t i = policy__find(e, name, index);
+  return i == SIZE_MAX ? NULL : policy__value(e, i, false, len);
+}
+
+/* The Subject as a NUL-terminated string (struct filter_msg's subject). */
+static const char *policy__subject(struct policy__eval *e) {
+  size_t len, i = policy__find(e, "Subject", 0);
+  return i == SIZE_MAX ? NULL : policy__value(e, i, true, &len);
 }
 
 static struct mimebody *policy__body(struct policy__eval *e) {
@@ -385,7 +417,7 @@ int policy_evaluate(const struct config *cfg, const struct policy_input *in, str
     policy_result_free(out);
     return SG_ENOMEM;
   }
-  struct filter_msg m = {.scratch = filter_scratch_new(), .subject = policy__header(e, "Subject", 0), .mail_from = in->sender,
+  struct filter_msg m = {.scratch = filter_scratch_new(), .subject = policy__subject(e), .mail_from = in->sender,
                          .header = policy__header, .attachment = policy__attachment,
                          .body_contains = policy__body_contains, .arg = e, .body_size = in->len,
                          .smime_message = in->smime_message, .smime_verified = in->smime_verified};

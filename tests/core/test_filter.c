@@ -37,10 +37,13 @@ struct fake {
   int body_calls;
 };
 
-static const char *fake_header(void *arg, const char *name, size_t index) {
+static const char *fake_header(void *arg, const char *name, size_t index, size_t *len) {
   struct fake *f = arg;
   for (size_t i = 0; f->hdrs && f->hdrs[i]; i += 2)
-    if (strcasecmp(f->hdrs[i], name) == 0 && index-- == 0) return f->hdrs[i + 1];
+    if (strcasecmp(f->hdrs[i], name) == 0 && index-- == 0) {
+      *len = strlen(f->hdrs[i + 1]);
+      return f->hdrs[i + 1];
+    }
   return NULL;
 }
 
@@ -184,6 +187,23 @@ static void test_header_several_values(void **state) {
   assert_false(holds("header(\"X-Missing\") == \"\"", &m));
   m.header = NULL;
   assert_false(holds("header(\"X-Tag\") == \"one\"", &m));
+}
+
+/* A header value is matched within its length only: it may point into
+ * the message, with the next field right after it. */
+static const char *cut_header(void *arg, const char *name, size_t index, size_t *len) {
+  (void)arg;
+  if (strcasecmp(name, "X-Cut") != 0 || index > 0) return NULL;
+  *len = 3;
+  return "abc\r\nX-Next: def";
+}
+
+static void test_header_value_length(void **state) {
+  (void)state;
+  struct filter_msg m = {.header = cut_header};
+  assert_true(holds("header(\"X-Cut\") == \"^abc$\"", &m));
+  assert_false(holds("header(\"X-Cut\") == \"def\"", &m));
+  assert_false(holds("header(\"X-Cut\") == \"abc\\r\"", &m));
 }
 
 static void test_attachment_filename(void **state) {
@@ -716,6 +736,7 @@ int main(void) {
       cmocka_unit_test(test_mail_from),
       cmocka_unit_test(test_rcpt_to_any),
       cmocka_unit_test(test_header_several_values),
+      cmocka_unit_test(test_header_value_length),
       cmocka_unit_test(test_attachment_filename),
       cmocka_unit_test(test_body_contains),
       cmocka_unit_test(test_body_size_comparisons),

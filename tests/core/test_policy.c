@@ -372,6 +372,26 @@ static void test_encoded_subject_and_lazy_body(void **state) {
   config_unref(c);
 }
 
+/* header() values: as they stand when plain (no copy), decoded and
+ * unfolded otherwise; leading blanks never part of the value. */
+static void test_header_values(void **state) {
+  (void)state;
+  struct config *c = load(
+      "message_filters: |\n"
+      "  plain: if (header(\"X-Plain\") == \"^v1 v2$\") { insert-header(\"X-1\", \"1\"); }\n"
+      "  enc: if (header(\"X-Enc\") == \"^Gr\u00fc\u00dfe$\") { insert-header(\"X-2\", \"1\"); }\n"
+      "  fold: if (header(\"X-Fold\") == \"^a b$\") { insert-header(\"X-3\", \"1\"); }\n"
+      "  second: if (header(\"x-plain\") == \"^other$\") { insert-header(\"X-4\", \"1\"); }\n");
+  struct policy_result r;
+  eval1(c,
+        "X-Plain:   v1 v2\r\nX-Enc: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nX-Fold: a\r\n b\r\nX-PLAIN: other\r\n"
+        "Subject: s\r\n\r\nbody\r\n",
+        &r);
+  assert_int_equal(r.groups[0].n_headers, 4);
+  policy_result_free(&r);
+  config_unref(c);
+}
+
 static void test_insert_headers(void **state) {
   (void)state;
   struct config *c = chain("'insert-header(\"X-1\", \"one\")'", "'insert-header(\"X-2\", \"two\")'");
@@ -471,6 +491,7 @@ int main(void) {
       cmocka_unit_test(test_smime_flags),
       cmocka_unit_test(test_original_recipients_keep_the_outcome),
       cmocka_unit_test(test_encoded_subject_and_lazy_body),
+      cmocka_unit_test(test_header_values),
       cmocka_unit_test(test_insert_headers),
       cmocka_unit_test(test_hostile_messages),
       cmocka_unit_test(test_body_limits_fail_closed),

@@ -18,11 +18,14 @@
 #include "core/filter.h"
 #include "core/sgerr.h"
 
-static const char *hdr(void *arg, const char *name, size_t index) {
+static const char *hdr(void *arg, const char *name, size_t index, size_t *len) {
   (void)arg;
-  static const char *const vals[] = {"one", "two \xff\xfe", "three"};
+  static const char *const vals[] = {"one", "two \xff\xfe", "three, longer than its length says"};
+  static const size_t lens[] = {3, 6, 5};
   if (strlen(name) > 200) abort(); /* names were validated and bounded by the text */
-  return index < 3 ? vals[index] : NULL;
+  if (index >= 3) return NULL;
+  *len = lens[index];
+  return vals[index];
 }
 
 static const char *att(void *arg, size_t index) {
