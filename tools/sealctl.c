@@ -27,6 +27,7 @@
 #include "crypto/keystore.h"
 #include "crypto/verify.h"
 
+#include "tools/json.h"
 #include "tools/sealctl.h"
 
 int ctl_usage_error(const char *fmt, const char *arg) {
@@ -111,16 +112,7 @@ void ctl_notify_daemon(const struct config *cfg) {
   buf_free(&out);
 }
 
-void ctl_json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; s && *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-    else if (ch < 0x20 || ch >= 0x7f) fprintf(f, "\\u%04x", ch);
-    else fputc(ch, f);
-  }
-  fputc('"', f);
-}
+void ctl_json_str(FILE *f, const char *s) { tool_json_str(f, s); }
 
 /* ---- queue ----------------------------------------------------------------- */
 

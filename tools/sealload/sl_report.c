@@ -1,5 +1,6 @@
 /* sl_report - see sl_report.h. */
 #include "tools/sealload/sl_report.h"
+#include "tools/json.h"
 
 #include <inttypes.h>
 #include <string.h>
@@ -28,16 +29,6 @@ void sl_report_client_merge(struct sl_client_stats *dst, const struct sl_client_
   sl_hist_merge(&dst->lat, &src->lat);
 }
 
-static void sl_report__json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; s && *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-    else if (ch < 0x20 || ch >= 0x7f) fprintf(f, "\\u%04x", ch);
-    else fputc(ch, f);
-  }
-  fputc('"', f);
-}
 
 static double sl_report__per_s(uint64_t n, double secs) { return secs > 0 ? (double)n / secs : 0.0; }
 
@@ -70,7 +61,7 @@ static void sl_report__client_text(FILE *f, const struct sl_run_info *ri, const 
 
 static void sl_report__client_json(FILE *f, const struct sl_run_info *ri, const struct sl_client_stats *s) {
   fprintf(f, "{\"mode\":\"client\",\"target\":");
-  sl_report__json_str(f, ri->target);
+  tool_json_str(f, ri->target);
   fprintf(f, ",\"sessions\":%u,\"threads\":%u,\"rate\":%.3f,\"size\":%zu,\"rcpts\":%u,\"reuse\":%s", ri->sessions,
           ri->threads, ri->rate, ri->msg_size, ri->rcpts, ri->reuse ? "true" : "false");
   fprintf(f, ",\"elapsed_s\":%.6f,\"sent\":%" PRIu64 ",\"acked\":%" PRIu64 ",\"failed\":%" PRIu64
@@ -124,7 +115,7 @@ void sl_report_sink_print(FILE *f, const struct sl_run_info *ri, const struct sl
   double span = sl_report__span(s);
   if (json) {
     fprintf(f, "{\"mode\":\"sink\",\"listen\":");
-    sl_report__json_str(f, ri->target);
+    tool_json_str(f, ri->target);
     fprintf(f, ",\"threads\":%u,\"elapsed_s\":%.6f,\"active_s\":%.6f,\"connections\":%" PRIu64
                ",\"messages\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"rcpts\":%" PRIu64
                ",\"msgs_per_s\":%.3f,\"bytes_per_s\":%.1f",
