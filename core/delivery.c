@@ -43,8 +43,18 @@ struct dl_host {
   struct delivery *dl;
   char *key;
   struct config_hostport addr;
-  struct spool_msg *q_head, *q_tail; /* waiting for a connection */
+  /* Two queues, in arrival order: waiting (being read back, being
+   * processed, or dropped from memory until there is room) and ready (the
+   * bytes for the next hop are in memory).  A connection takes the head of
+   * the ready queue: O(1) however many wait in front of it. */
+  struct spool_msg *q_head, *q_tail; /* waiting */
+  struct spool_msg *r_head, *r_tail; /* ready */
   uint64_t q_bytes;                  /* data of queued messages held in memory */
+  uint64_t q_loading_bytes;          /* data being read back by dl__prefetch (not yet in q_bytes) */
+  bool q_unloaded;                   /* some queued message may have no data in memory and no
+                                        read pending (set where data is dropped; cleared by a
+                                        prefetch walk that found none): spares dl__prefetch a walk
+                                        over thousands of messages being processed per send */
   struct dl_conn *conns;
   unsigned n_conns;
   uint64_t down_until_ms;
@@ -65,7 +75,7 @@ struct delivery {
 
 static void dl__route(struct delivery *dl, struct spool_msg *m);
 static void dl__pump(struct delivery *dl, struct dl_host *h);
-static void dl__queue_unlink(struct dl_host *h, struct spool_msg *prev, struct spool_msg *m);
+static void dl__queue_remove(struct dl_host *h, struct spool_msg *m);
 
 /* ---- bookkeeping --------------------------------------------------------- */
 
@@ -558,16 +568,15 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   config_unref(cfg);
   /* The host is down: everyone waiting retries later (those being read
    * back stay; their read's completion brings them here again). */
-  struct spool_msg *prev = NULL, *m = h->q_head;
-  while (m && h->n_conns == 0) {
-    struct spool_msg *next = m->next;
-    if (m->loading) {
-      prev = m;
-    } else {
-      dl__queue_unlink(h, prev, m);
-      dl__fail_all(dl, m, 451, err, h->key);
-    }
-    m = next;
+  for (struct spool_msg *m = h->r_head; m && h->n_conns == 0; m = h->r_head) {
+    dl__queue_remove(h, m);
+    dl__fail_all(dl, m, 451, err, h->key);
+  }
+  for (struct spool_msg *m = h->q_head, *next; m && h->n_conns == 0; m = next) {
+    next = m->next;
+    if (m->loading) continue;
+    dl__queue_remove(h, m);
+    dl__fail_all(dl, m, 451, err, h->key);
   }
 }
 
@@ -585,21 +594,44 @@ static size_t dl__ready_bytes(const struct spool_msg *m) {
   return (m->data ? m->data_len : 0) + (m->wire ? m->wire_len : 0);
 }
 
-/* Unlink m from h's queue (prev is its predecessor or NULL). */
-static void dl__queue_unlink(struct dl_host *h, struct spool_msg *prev, struct spool_msg *m) {
-  if (prev) prev->next = m->next;
-  else h->q_head = m->next;
-  if (h->q_tail == m) h->q_tail = prev;
+static void dl__list_push(struct spool_msg **head, struct spool_msg **tail, struct spool_msg *m) {
   m->next = NULL;
+  if (*tail) (*tail)->next = m;
+  else *head = m;
+  *tail = m;
+}
+
+/* Unlink m from a list if it is there (a message leaving the waiting
+ * queue is almost always near its head: processing and reads finish
+ * roughly in order). */
+static bool dl__list_remove(struct spool_msg **head, struct spool_msg **tail, struct spool_msg *m) {
+  struct spool_msg *prev = NULL, *q = *head;
+  while (q && q != m) prev = q, q = q->next;
+  if (!q) return false;
+  if (prev) prev->next = m->next;
+  else *head = m->next;
+  if (*tail == m) *tail = prev;
+  m->next = NULL;
+  return true;
+}
+
+/* Take m off whichever queue of h holds it. */
+static void dl__queue_remove(struct dl_host *h, struct spool_msg *m) {
+  if (!dl__list_remove(&h->r_head, &h->r_tail, m)) dl__list_remove(&h->q_head, &h->q_tail, m);
   h->q_bytes -= dl__ready_bytes(m);
 }
 
-/* The first queued message that is ready, taken off the queue; NULL when
- * none is (reads or S/MIME processing are then on their way). */
+/* m (waiting) has its bytes in memory now: to the end of the ready queue. */
+static void dl__queue_ready(struct dl_host *h, struct spool_msg *m) {
+  dl__list_remove(&h->q_head, &h->q_tail, m);
+  dl__list_push(&h->r_head, &h->r_tail, m);
+}
+
+/* The first ready message, taken off its queue; NULL when none is (reads
+ * or S/MIME processing are then on their way). */
 static struct spool_msg *dl__queue_take(struct dl_host *h) {
-  struct spool_msg *prev = NULL, *m = h->q_head;
-  while (m && !dl__ready(m)) prev = m, m = m->next;
-  if (m) dl__queue_unlink(h, prev, m);
+  struct spool_msg *m = h->r_head;
+  if (m) dl__queue_remove(h, m);
   dl__prefetch(h);
   return m;
 }
@@ -611,14 +643,14 @@ static void dl__prefetched(struct spool_msg *m, int status, void *arg) {
   struct delivery *dl = h->dl;
   dl->jobs--;
   m->loading = false;
+  h->q_loading_bytes -= m->data_len;
   if (status == 0 && m->smime) {
     dl__smime_start(dl, h, m); /* ready once processed */
   } else if (status == 0) {
     h->q_bytes += m->data_len;
+    dl__queue_ready(h, m);
   } else { /* off the queue: corrupt ones were moved aside, others retry later */
-    struct spool_msg *prev = NULL, *q = h->q_head;
-    while (q && q != m) prev = q, q = q->next;
-    if (q) dl__queue_unlink(h, prev, m);
+    dl__queue_remove(h, m);
     if (status == SG_ECORRUPT) dl__release(dl, m);
     else dl__defer(dl, m);
   }
@@ -629,8 +661,15 @@ static void dl__prefetched(struct spool_msg *m, int status, void *arg) {
 /* Read back the data of the first waiting messages, up to DL_QUEUE_BYTES. */
 static void dl__prefetch(struct dl_host *h) {
   struct delivery *dl = h->dl;
+  /* Walk (from the head, past every message in memory or being
+   * processed) only when there is something to read back and a quarter of
+   * the budget is free: reads then come in batches, and a long queue is
+   * not walked again for each message sent. */
+  if (!h->q_unloaded || h->q_bytes + h->q_loading_bytes > DL_QUEUE_BYTES / 4 * 3) return;
   uint64_t budget = h->q_bytes;
-  for (struct spool_msg *m = h->q_head; m && budget < DL_QUEUE_BYTES && !dl->draining; m = m->next) {
+  bool seen = false; /* an unloaded message is still queued after this walk */
+  struct spool_msg *m = h->q_head;
+  for (; m && budget < DL_QUEUE_BYTES && !dl->draining; m = m->next) {
     if (dl__ready(m) || m->loading) {
       budget += dl__ready(m) ? 0 : m->data_len;
       continue;
@@ -638,12 +677,16 @@ static void dl__prefetch(struct dl_host *h) {
     budget += m->data_len;
     m->loading = true;
     dl->jobs++;
+    h->q_loading_bytes += m->data_len;
     if (spool_load(dl->sh->d->spool, m, &dl->sh->mb, dl__prefetched, h) != 0) {
       dl->jobs--;
+      h->q_loading_bytes -= m->data_len;
       m->loading = false;
+      seen = true;
       break;
     }
   }
+  h->q_unloaded = seen || m != NULL; /* stopped early: the rest was not looked at */
 }
 
 static void dl__conn_next(struct dl_conn *cn) {
@@ -701,11 +744,12 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   struct config *cfg = daemon_config_get(dl->sh->d);
   unsigned max = cfg->limits.delivery_connections;
   config_unref(cfg);
-  for (struct dl_conn *cn = h->conns, *next; cn && h->q_head; cn = next) {
+  for (struct dl_conn *cn = h->conns, *next; cn && h->r_head; cn = next) {
     next = cn->next;
     if (cn->ready && !cn->m) dl__conn_next(cn);
   }
   size_t queued = 0, connecting = 0;
+  for (struct spool_msg *m = h->r_head; m && queued <= max; m = m->next) queued++;
   for (struct spool_msg *m = h->q_head; m && queued <= max; m = m->next) queued++;
   for (struct dl_conn *cn = h->conns; cn; cn = cn->next) connecting += !cn->ready;
   while (connecting < queued && h->n_conns < max) {
@@ -819,6 +863,7 @@ static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool
   if (!j) {
     free(m->data); /* read and processed again by the prefetch */
     m->data = NULL;
+    h->q_unloaded = true;
     return;
   }
   *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms()};
@@ -1095,10 +1140,9 @@ static void dl__smime_done(void *arg) {
   }
   if (send) {
     h->q_bytes += dl__ready_bytes(m);
+    dl__queue_ready(h, m);
   } else {
-    struct spool_msg *prev = NULL, *q = h->q_head;
-    while (q && q != m) prev = q, q = q->next;
-    if (q) dl__queue_unlink(h, prev, m);
+    dl__queue_remove(h, m);
     dl__smime_outcome(dl, m, j);
   }
   dl__smime_free(j);
@@ -1146,20 +1190,20 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
     dl__fail_all(dl, m, 451, h->last_error, h->key);
     return;
   }
-  m->next = NULL;
-  if (h->q_tail) h->q_tail->next = m;
-  else h->q_head = m;
-  h->q_tail = m;
   m->smime = dl__profile_of(dl, m);
   m->action = NULL; /* this attempt's, set again by its processing */
   m->smime_ms = 0;
   if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
     free(m->data);
     m->data = NULL;
+    h->q_unloaded = true;
+    dl__list_push(&h->q_head, &h->q_tail, m);
   } else if (m->smime) {
+    dl__list_push(&h->q_head, &h->q_tail, m);
     dl__smime_start(dl, h, m);
   } else {
     h->q_bytes += m->data_len;
+    dl__list_push(&h->r_head, &h->r_tail, m);
   }
   dl__pump(dl, h);
 }
