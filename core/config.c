@@ -405,10 +405,8 @@ struct config_quarantine config_quarantine_limits(const struct config *c, const 
   return (struct config_quarantine){(char *)name, CONFIG_QUARANTINE_RETENTION_MS, CONFIG_QUARANTINE_MAX_SIZE, 0};
 }
 
-static bool content_filter_exists(const struct config *c, const char *name) {
-  for (size_t i = 0; i < c->n_content_filters; i++)
-    if (strcmp(c->content_filters[i].name, name) == 0) return true;
-  return false;
+static const struct config_content_filter *content_filter_find(const struct config *c, const char *name) {
+  FIND_BY_NAME(c->content_filters, c->n_content_filters, name);
 }
 
 /* ------------------------------------------------------------------------
@@ -670,7 +668,7 @@ static bool ref_exists(struct ctx *x, enum ref ref, const char *name) {
   switch (ref) {
     case REF_FLOW: return config_flow_policy_find(x->c, name) != NULL;
     case REF_PROFILE: return config_sending_profile_find(x->c, name) != NULL;
-    case REF_FILTER: return content_filter_exists(x->c, name);
+    case REF_FILTER: return content_filter_find(x->c, name) != NULL;
     default: return true;
   }
 }
@@ -1152,9 +1150,7 @@ static int check_policy(struct ctx *x, yaml_node_t *map, void *rec, size_t idx) 
   if (p->n_content_filters && !(p->filters = calloc(p->n_content_filters, sizeof *p->filters))) return oom(x);
   yaml_node_t *list = map_get(x, map, "content_filters");
   for (size_t i = 0; i < p->n_content_filters; i++) {
-    const struct config_content_filter *f = NULL;
-    for (size_t j = 0; j < x->c->n_content_filters && !f; j++)
-      if (!strcmp(x->c->content_filters[j].name, p->content_filters[i])) f = &x->c->content_filters[j];
+    const struct config_content_filter *f = content_filter_find(x->c, p->content_filters[i]); /* checked: exists */
     if (f->direction != p->direction)
       return fail(x, node_at(x, list->data.sequence.items.start[i]),
                   "content_filters: '%s' is an %s filter, this policy is %s", show(f->name).s,

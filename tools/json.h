@@ -11,15 +11,21 @@
 
 #include <stdio.h>
 
-static inline void tool_json_str(FILE *f, const char *s) {
+#include <string.h>
+
+/* n bytes at p (a NUL among them is escaped like any control byte). */
+static inline void tool_json_mem(FILE *f, const char *p, size_t n) {
   fputc('"', f);
-  for (; s && *s; s++) {
-    unsigned char ch = (unsigned char)*s;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)p[i];
     if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
     else if (ch < 0x20 || ch >= 0x7f) fprintf(f, "\\u%04x", ch);
     else fputc(ch, f);
   }
   fputc('"', f);
 }
+
+/* A NUL-terminated string; NULL is written as "". */
+static inline void tool_json_str(FILE *f, const char *s) { tool_json_mem(f, s ? s : "", s ? strlen(s) : 0); }
 
 #endif

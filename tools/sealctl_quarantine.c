@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/quarantine.h"
 #include "core/sgerr.h"
+#include "tools/json.h"
 #include "tools/sealctl.h"
 
 #define CTL_Q_SAFE 1024 /* longer than any text field of a held file */
@@ -95,17 +96,6 @@ static void ctl_q_iso(uint64_t ms, char *out, size_t cap) {
 
 /* n bytes as a JSON string (NUL bytes included), escaped as ctl_json_str
  * escapes a C string. */
-static void ctl_q_json_mem(const char *p, size_t n) {
-  putchar('"');
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)p[i];
-    if (ch == '"' || ch == '\\') printf("\\%c", ch);
-    else if (ch < 0x20 || ch >= 0x7f) printf("\\u%04x", ch);
-    else putchar(ch);
-  }
-  putchar('"');
-}
-
 /* The fields list and show share, without the closing brace. */
 static void ctl_q_json_meta(const struct quarantine_meta *m, const struct spool_envelope *env, const char *corrupt) {
   char held[32];
@@ -256,10 +246,10 @@ static void ctl_q_show_json(const struct quarantine_meta *m, const struct spool_
   printf(",\"client\":");
   ctl_json_str(stdout, env->client);
   printf(",\"headers\":");
-  ctl_q_json_mem(data, head);
+  tool_json_mem(stdout, data, head);
   if (body) {
     printf(",\"body\":");
-    ctl_q_json_mem(data + body_at, len - body_at);
+    tool_json_mem(stdout, data + body_at, len - body_at);
   }
   printf("}\n");
 }
