@@ -43,18 +43,17 @@ struct dl_host {
   struct delivery *dl;
   char *key;
   struct config_hostport addr;
-  /* Two queues, in arrival order: waiting (being read back, being
-   * processed, or dropped from memory until there is room) and ready (the
-   * bytes for the next hop are in memory).  A connection takes the head of
-   * the ready queue: O(1) however many wait in front of it. */
+  /* Three queues, each in arrival order: cold (dropped from memory until
+   * there is room: only on disk), waiting (being read back or processed)
+   * and ready (the bytes for the next hop are in memory).  A connection
+   * takes the head of the ready queue and a read back the head of the cold
+   * one: O(1) however many wait in front of them. */
+  struct spool_msg *c_head, *c_tail; /* cold */
   struct spool_msg *q_head, *q_tail; /* waiting */
   struct spool_msg *r_head, *r_tail; /* ready */
-  uint64_t q_bytes;                  /* data of queued messages held in memory */
+  uint64_t q_bytes;                  /* data of queued messages held in memory, those being
+                                        processed included */
   uint64_t q_loading_bytes;          /* data being read back by dl__prefetch (not yet in q_bytes) */
-  bool q_unloaded;                   /* some queued message may have no data in memory and no
-                                        read pending (set where data is dropped; cleared by a
-                                        prefetch walk that found none): spares dl__prefetch a walk
-                                        over thousands of messages being processed per send */
   struct dl_conn *conns;
   unsigned n_conns;
   uint64_t down_until_ms;
@@ -520,7 +519,6 @@ static void dl__conn_next(struct dl_conn *cn);
 static void dl__on_done(struct smtp_client *c, int status, const char *err,
                         const struct smtp_client_reply *rcpt, size_t n,
                         const struct smtp_client_reply *data, void *arg) {
-  (void)c;
   struct dl_conn *cn = arg;
   struct delivery *dl = cn->h->dl;
   struct spool_msg *m = cn->m;
@@ -545,6 +543,12 @@ static void dl__on_done(struct smtp_client *c, int status, const char *err,
     dl__after_attempt(dl, m, r, cn->h->key);
     free(r);
   }
+  if (!smtp_client_reusable(c)) { /* 421: the hop is closing; the next message gets a new connection */
+    struct dl_host *h = cn->h;
+    dl__conn_drop(cn);
+    if (!dl->draining) dl__pump(dl, h);
+    return;
+  }
   dl__conn_next(cn);
 }
 
@@ -566,15 +570,13 @@ static void dl__on_ready(struct smtp_client *c, int status, const char *err, voi
   struct config *cfg = daemon_config_get(dl->sh->d);
   h->down_until_ms = timeutil_wall_ms() + cfg->limits.retry_min_ms;
   config_unref(cfg);
-  /* The host is down: everyone waiting retries later (those being read
-   * back stay; their read's completion brings them here again). */
+  /* The host is down: everyone ready or cold retries later (those being
+   * read back or processed stay; their completion brings them here again). */
   for (struct spool_msg *m = h->r_head; m && h->n_conns == 0; m = h->r_head) {
     dl__queue_remove(h, m);
     dl__fail_all(dl, m, 451, err, h->key);
   }
-  for (struct spool_msg *m = h->q_head, *next; m && h->n_conns == 0; m = next) {
-    next = m->next;
-    if (m->loading) continue;
+  for (struct spool_msg *m = h->c_head; m && h->n_conns == 0; m = h->c_head) {
     dl__queue_remove(h, m);
     dl__fail_all(dl, m, 451, err, h->key);
   }
@@ -594,37 +596,62 @@ static size_t dl__ready_bytes(const struct spool_msg *m) {
   return (m->data ? m->data_len : 0) + (m->wire ? m->wire_len : 0);
 }
 
-static void dl__list_push(struct spool_msg **head, struct spool_msg **tail, struct spool_msg *m) {
+/* A host's two queues are doubly linked and every message knows which one
+ * holds it: a message leaves the waiting queue wherever S/MIME processing
+ * or a read back finishes, and a search from the head made each removal
+ * cost the length of the backlog (14 % of a loop's time at 20,000 queued). */
+enum { DL_Q_NONE, DL_Q_COLD, DL_Q_WAITING, DL_Q_READY };
+
+static struct spool_msg **dl__list_head(struct dl_host *h, int which, struct spool_msg ***tail) {
+  switch (which) {
+    case DL_Q_COLD: *tail = &h->c_tail; return &h->c_head;
+    case DL_Q_READY: *tail = &h->r_tail; return &h->r_head;
+    default: *tail = &h->q_tail; return &h->q_head;
+  }
+}
+
+static void dl__list_push(struct dl_host *h, int which, struct spool_msg *m) {
+  struct spool_msg **tail, **head = dl__list_head(h, which, &tail);
   m->next = NULL;
+  m->prev = *tail;
   if (*tail) (*tail)->next = m;
   else *head = m;
   *tail = m;
+  m->queue = (unsigned char)which;
 }
 
-/* Unlink m from a list if it is there (a message leaving the waiting
- * queue is almost always near its head: processing and reads finish
- * roughly in order). */
-static bool dl__list_remove(struct spool_msg **head, struct spool_msg **tail, struct spool_msg *m) {
-  struct spool_msg *prev = NULL, *q = *head;
-  while (q && q != m) prev = q, q = q->next;
-  if (!q) return false;
-  if (prev) prev->next = m->next;
+static void dl__list_unlink(struct dl_host *h, struct spool_msg *m) {
+  if (m->queue == DL_Q_NONE) return;
+  struct spool_msg **tail, **head = dl__list_head(h, m->queue, &tail);
+  if (m->prev) m->prev->next = m->next;
   else *head = m->next;
-  if (*tail == m) *tail = prev;
-  m->next = NULL;
-  return true;
+  if (m->next) m->next->prev = m->prev;
+  else *tail = m->prev;
+  m->next = m->prev = NULL;
+  m->queue = DL_Q_NONE;
 }
 
-/* Take m off whichever queue of h holds it. */
+/* Take m off whichever queue of h holds it (none: nothing to do). */
 static void dl__queue_remove(struct dl_host *h, struct spool_msg *m) {
-  if (!dl__list_remove(&h->r_head, &h->r_tail, m)) dl__list_remove(&h->q_head, &h->q_tail, m);
+  if (m->queue == DL_Q_NONE) return;
+  dl__list_unlink(h, m);
   h->q_bytes -= dl__ready_bytes(m);
 }
 
-/* m (waiting) has its bytes in memory now: to the end of the ready queue. */
+/* m (waiting) has its bytes in memory now: to the end of the ready queue
+ * (the caller has counted them). */
 static void dl__queue_ready(struct dl_host *h, struct spool_msg *m) {
-  dl__list_remove(&h->q_head, &h->q_tail, m);
-  dl__list_push(&h->r_head, &h->r_tail, m);
+  dl__list_unlink(h, m);
+  dl__list_push(h, DL_Q_READY, m);
+}
+
+/* m's data was dropped from memory (it is on disk): to the cold queue,
+ * read back by dl__prefetch when there is room. */
+static void dl__queue_cold(struct dl_host *h, struct spool_msg *m) {
+  free(m->data);
+  m->data = NULL;
+  dl__list_unlink(h, m);
+  dl__list_push(h, DL_Q_COLD, m);
 }
 
 /* The first ready message, taken off its queue; NULL when none is (reads
@@ -658,23 +685,18 @@ static void dl__prefetched(struct spool_msg *m, int status, void *arg) {
   shard_check_idle(dl->sh);
 }
 
-/* Read back the data of the first waiting messages, up to DL_QUEUE_BYTES. */
+/* Read back the first cold messages while the memory they and everything
+ * queued take stays under DL_QUEUE_BYTES; only once a quarter of it is
+ * free, so reads come in batches. */
 static void dl__prefetch(struct dl_host *h) {
   struct delivery *dl = h->dl;
-  /* Walk (from the head, past every message in memory or being
-   * processed) only when there is something to read back and a quarter of
-   * the budget is free: reads then come in batches, and a long queue is
-   * not walked again for each message sent. */
-  if (!h->q_unloaded || h->q_bytes + h->q_loading_bytes > DL_QUEUE_BYTES / 4 * 3) return;
-  uint64_t budget = h->q_bytes;
-  bool seen = false; /* an unloaded message is still queued after this walk */
-  struct spool_msg *m = h->q_head;
-  for (; m && budget < DL_QUEUE_BYTES && !dl->draining; m = m->next) {
-    if (dl__ready(m) || m->loading) {
-      budget += dl__ready(m) ? 0 : m->data_len;
-      continue;
-    }
-    budget += m->data_len;
+  if (h->q_bytes + h->q_loading_bytes > DL_QUEUE_BYTES / 4 * 3) return;
+  for (struct spool_msg *m; (m = h->c_head) && !dl->draining;) {
+    if (h->q_bytes + h->q_loading_bytes + m->data_len > DL_QUEUE_BYTES &&
+        h->q_bytes + h->q_loading_bytes > 0)
+      break; /* (an empty queue takes one however large) */
+    dl__list_unlink(h, m);
+    dl__list_push(h, DL_Q_WAITING, m);
     m->loading = true;
     dl->jobs++;
     h->q_loading_bytes += m->data_len;
@@ -682,11 +704,11 @@ static void dl__prefetch(struct dl_host *h) {
       dl->jobs--;
       h->q_loading_bytes -= m->data_len;
       m->loading = false;
-      seen = true;
+      dl__list_unlink(h, m);
+      dl__list_push(h, DL_Q_COLD, m); /* tried again at the next send */
       break;
     }
   }
-  h->q_unloaded = seen || m != NULL; /* stopped early: the rest was not looked at */
 }
 
 static void dl__conn_next(struct dl_conn *cn) {
@@ -751,6 +773,7 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   size_t queued = 0, connecting = 0;
   for (struct spool_msg *m = h->r_head; m && queued <= max; m = m->next) queued++;
   for (struct spool_msg *m = h->q_head; m && queued <= max; m = m->next) queued++;
+  for (struct spool_msg *m = h->c_head; m && queued <= max; m = m->next) queued++;
   for (struct dl_conn *cn = h->conns; cn; cn = cn->next) connecting += !cn->ready;
   while (connecting < queued && h->n_conns < max) {
     unsigned before = h->n_conns;
@@ -861,9 +884,7 @@ static bool dl__smime_request(struct dl_smime *j) {
 static void dl__smime_start(struct delivery *dl, struct dl_host *h, struct spool_msg *m) {
   struct dl_smime *j = calloc(1, sizeof *j);
   if (!j) {
-    free(m->data); /* read and processed again by the prefetch */
-    m->data = NULL;
-    h->q_unloaded = true;
+    dl__queue_cold(h, m); /* read and processed again by the prefetch */
     return;
   }
   *j = (struct dl_smime){.dl = dl, .h = h, .m = m, .cfg = daemon_config_get(dl->sh->d), .t0 = timeutil_mono_ms()};
@@ -1194,16 +1215,13 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
   m->action = NULL; /* this attempt's, set again by its processing */
   m->smime_ms = 0;
   if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
-    free(m->data);
-    m->data = NULL;
-    h->q_unloaded = true;
-    dl__list_push(&h->q_head, &h->q_tail, m);
+    dl__queue_cold(h, m);
   } else if (m->smime) {
-    dl__list_push(&h->q_head, &h->q_tail, m);
+    dl__list_push(h, DL_Q_WAITING, m);
     dl__smime_start(dl, h, m);
   } else {
     h->q_bytes += m->data_len;
-    dl__list_push(&h->r_head, &h->r_tail, m);
+    dl__list_push(h, DL_Q_READY, m);
   }
   dl__pump(dl, h);
 }

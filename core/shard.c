@@ -185,6 +185,9 @@ int shard_start(struct daemon *d, unsigned id, struct shard **out) {
     rc = SG_EIO;
     goto fail;
   }
+  char name[16]; /* shown by top -H, perf and /proc/PID/task: who burns the CPU */
+  snprintf(name, sizeof name, "sg-shard%u", id);
+  pthread_setname_np(sh->thread, name);
   *out = sh;
   return 0;
 fail:

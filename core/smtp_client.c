@@ -25,6 +25,7 @@ struct smtp_client {
   uint64_t connect_timeout_ms, reply_timeout_ms;
   enum cl_phase phase;
   bool pipelining;
+  bool said_421; /* the server is closing the channel (RFC 5321 3.8): not reusable */
   struct buf in;
   struct smtp_client_reply cur; /* reply being read (first line's text kept) */
   bool cur_started;
@@ -206,6 +207,8 @@ static void cl__finish_txn(struct smtp_client *c) {
   uv_timer_stop(&c->timer);
   if (c->mail.code / 100 != 2) /* every recipient shares the MAIL failure */
     for (size_t i = 0; i < c->n_rcpt; i++) c->rcpt[i] = c->mail;
+  c->said_421 = c->said_421 || c->mail.code == 421 || c->data.code == 421;
+  for (size_t i = 0; i < c->n_rcpt; i++) c->said_421 = c->said_421 || c->rcpt[i].code == 421;
   c->phase = CL_READY;
   c->done_cb(c, 0, NULL, c->rcpt, c->n_rcpt, &c->data, c->arg);
 }
@@ -464,6 +467,8 @@ int smtp_client_send(struct smtp_client *c, const char *sender, char *const *rcp
   cl__wait_reply(c);
   return 0;
 }
+
+bool smtp_client_reusable(const struct smtp_client *c) { return !c->said_421 && !c->closing; }
 
 void smtp_client_close(struct smtp_client *c) {
   if (c->closing) return;

@@ -54,5 +54,9 @@ int smtp_client_open(uv_loop_t *loop, const struct smtp_client_opts *o, smtp_cli
 int smtp_client_send(struct smtp_client *c, const char *sender, char *const *rcpts, size_t n,
                      const char *data, size_t len, bool body8, smtp_client_done_cb cb, void *arg);
 void smtp_client_close(struct smtp_client *c);
+/* After a transaction (from done_cb on): false when the server has said it
+ * is closing the channel (a 421 reply, RFC 5321 3.8), so the connection
+ * must be closed rather than used for the next message. */
+bool smtp_client_reusable(const struct smtp_client *c);
 
 #endif

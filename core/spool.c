@@ -481,10 +481,15 @@ int spool_open(const char *spool_dir, unsigned nshards, unsigned threads, struct
   sp->threads = calloc(threads, sizeof *sp->threads);
   if (!sp->threads) goto fail;
   for (; sp->n_threads < threads; sp->n_threads++)
+  {
     if (pthread_create(&sp->threads[sp->n_threads], NULL, spool__thread, sp) != 0) {
       rc = SG_EIO;
       goto fail;
     }
+    char name[16];
+    snprintf(name, sizeof name, "sg-spool%u", sp->n_threads);
+    pthread_setname_np(sp->threads[sp->n_threads], name);
+  }
   *out = sp;
   return 0;
 fail:

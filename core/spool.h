@@ -45,6 +45,8 @@ struct spool_msg {
   /* Fields for the shard's delivery queue (core/delivery.c); the spool
    * never reads them. */
   struct spool_msg *next, *all_next, *all_prev;
+  struct spool_msg *prev; /* host queues only: O(1) removal from the middle */
+  unsigned char queue;    /* which host queue holds it (0: none) */
   uint64_t next_try_ms;
   unsigned attempts;
   char *last_error;

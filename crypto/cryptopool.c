@@ -82,6 +82,9 @@ int cryptopool_start(struct hsm *h, unsigned threads, struct cryptopool **out, c
       cryptopool_stop(p);
       return SG_ENOMEM;
     }
+    char name[16];
+    snprintf(name, sizeof name, "sg-crypto%u", p->n_threads);
+    pthread_setname_np(p->threads[p->n_threads], name);
   }
   *out = p;
   return 0;

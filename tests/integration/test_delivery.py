@@ -290,6 +290,45 @@ def test_long_queue_is_read_back_from_disk():
         assert asan or rss_mib < 50, "peak RSS %.0f MiB" % rss_mib
 
 
+def test_long_queue_survives_hop_down():
+    """A long queue (most of it only on disk: the cold queue of
+    core/delivery.c) whose next hop goes away and comes back: the cold
+    messages are deferred with the rest, and every message arrives, none
+    lost, at most the one in flight twice."""
+    down = threading.Event()
+
+    def slow(st, t):
+        if down.is_set():  # its open session refuses too
+            return "421 4.3.2 going down"
+        if st == "DATA":
+            time.sleep(0.02)
+        return None
+
+    body = ("z" * 998 + "\r\n") * 300  # about 300 KB: 60 of them pass the 16 MiB bound
+    n = 60
+    port = sgtest.free_port()
+    limits = dict(FAST_RETRY, delivery_connections=1)
+    hop = sgtest.FakeHop(port=port, reply=slow)
+    with gateway(port, limits, top="shards: 1\n") as gw:
+        try:
+            for i in range(n):
+                msg = sgtest.make_message("cold%d@test" % i, body=body)
+                queued_id(sgtest.send_message(gw.port, "sender@example.com", ["r@example.net"], msg))
+            assert hop.wait_count(5, 60) >= 5, gw.log()[-2000:]
+        finally:
+            down.set()
+            hop.close()
+            first = hop.message_ids()
+        assert len(first) < n, "the hop took everything before it went down"
+        assert sgtest.wait_for(lambda: "result=deferred" in gw.log(), 20), gw.log()[-2000:]
+        with sgtest.FakeHop(port=port) as hop2:
+            want = sorted("cold%d@test" % i for i in range(n))
+            assert sgtest.wait_for(lambda: set(first + hop2.message_ids()) == set(want), 90), \
+                "missing: %s\n%s" % (sorted(set(want) - set(first + hop2.message_ids()))[:10], gw.log()[-2000:])
+            both = first + hop2.message_ids()
+            assert len(both) - n <= 1, "delivered twice: %d extra" % (len(both) - n)
+
+
 class EarlyReplyHop:
     """A next hop whose first session answers the DATA transfer before
     reading the body (451 after the first 64 KiB) and then stops reading;
