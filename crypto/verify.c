@@ -43,6 +43,7 @@
 
 #include "core/sgerr.h"
 #include "crypto/cert.h"
+#include "crypto/certcache.h"
 #include "crypto/keystore.h"
 
 /* A CRL file larger than this is refused (the biggest public CRLs are a
@@ -641,8 +642,7 @@ static int verify__parse(const unsigned char *der, size_t len, CMS_ContentInfo *
                          char *err, size_t errlen) {
   memset(res, 0, sizeof *res);
   if (len == 0 || len > LONG_MAX) return sgerr_fail(err, errlen, SG_EINVAL, "signature: empty or too large");
-  const unsigned char *p = der;
-  CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+  CMS_ContentInfo *cms = certcache_d2i_cms(der, len); /* a partner's certificates decoded once */
   if (cms == NULL) return sgerr_fail(err, errlen, SG_EINVAL, "signature: not a CMS structure");
   if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed || sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) <= 0) {
     CMS_ContentInfo_free(cms);

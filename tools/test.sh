@@ -3,7 +3,8 @@
 # anything fails.  This is the README's test command and what CI runs.
 #   1. Release build (tcmalloc), every ctest test
 #   2. ASan + UBSan build, every ctest test again
-#   3. ThreadSanitizer build of the concurrency tests (test_keycache)
+#   3. ThreadSanitizer build of the concurrency tests (test_keycache,
+#      test_mimebody, test_certcache)
 #   4. libFuzzer build, each fuzz target for FUZZ_SECONDS (default 60)
 # Options: --quick (step 1 only), --no-fuzz.  Env: JOBS, FUZZ_SECONDS.
 set -euo pipefail
@@ -42,8 +43,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 # the file); a report in our code fails the step.
 step "ThreadSanitizer build and concurrency tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSEALGATE_TSAN=ON >/dev/null
-cmake --build build-tsan -j "$JOBS" --target test_keycache test_mimebody
+cmake --build build-tsan -j "$JOBS" --target test_keycache test_mimebody test_certcache
 TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/crypto/tsan.supp" build-tsan/tests/test_keycache
+TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/crypto/tsan.supp" build-tsan/tests/test_certcache
 G_SLICE=always-malloc TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tests/crypto/tsan.supp" \
   build-tsan/tests/test_mimebody
 [ "$FUZZ" = 0 ] && exit 0
