@@ -596,10 +596,11 @@ static size_t dl__ready_bytes(const struct spool_msg *m) {
   return (m->data ? m->data_len : 0) + (m->wire ? m->wire_len : 0);
 }
 
-/* A host's two queues are doubly linked and every message knows which one
- * holds it: a message leaves the waiting queue wherever S/MIME processing
- * or a read back finishes, and a search from the head made each removal
- * cost the length of the backlog (14 % of a loop's time at 20,000 queued). */
+/* A host's three queues are doubly linked and every message knows which
+ * one holds it: a message leaves the waiting queue wherever S/MIME
+ * processing or a read back finishes, and a search from the head made each
+ * removal cost the length of the backlog (14 % of a loop's time at 20,000
+ * queued). */
 enum { DL_Q_NONE, DL_Q_COLD, DL_Q_WAITING, DL_Q_READY };
 
 static struct spool_msg **dl__list_head(struct dl_host *h, int which, struct spool_msg ***tail) {
