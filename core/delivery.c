@@ -767,6 +767,11 @@ static void dl__pump(struct delivery *dl, struct dl_host *h) {
   struct config *cfg = daemon_config_get(dl->sh->d);
   unsigned max = cfg->limits.delivery_connections;
   config_unref(cfg);
+  /* Cold messages are read back here too, not only when a connection
+   * takes one: with nothing ready (a message over the memory bound, or
+   * everything in memory dropped or held by its processing) no connection
+   * would ever ask. */
+  dl__prefetch(h);
   for (struct dl_conn *cn = h->conns, *next; cn && h->r_head; cn = next) {
     next = cn->next;
     if (cn->ready && !cn->m) dl__conn_next(cn);
@@ -1215,7 +1220,7 @@ static void dl__route(struct delivery *dl, struct spool_msg *m) {
   m->smime = dl__profile_of(dl, m);
   m->action = NULL; /* this attempt's, set again by its processing */
   m->smime_ms = 0;
-  if (h->q_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
+  if (h->q_bytes + h->q_loading_bytes + m->data_len > DL_QUEUE_BYTES) { /* on disk already: read back later */
     dl__queue_cold(h, m);
   } else if (m->smime) {
     dl__list_push(h, DL_Q_WAITING, m);

@@ -332,6 +332,21 @@ def test_long_queue_survives_hop_down():
             assert len(both) - n <= 1, "delivered twice: %d extra" % (len(both) - n)
 
 
+def test_message_over_the_memory_bound_with_an_idle_connection():
+    """A message larger than the queue's memory bound (16 MiB) goes
+    straight to the cold queue; the one connection allowed is open and
+    idle from the message before.  It must still be read back and sent,
+    not wait for another message to come along."""
+    big = ("b" * 998 + "\r\n") * (17 * 1024)  # 17 MiB
+    with sgtest.FakeHop() as hop, gateway(hop.port, {"delivery_connections": 1}, top="shards: 1\n") as gw:
+        send(gw, "small-first@test", ["r@example.net"])
+        assert hop.wait_count(1, 15) == 1, gw.log()[-2000:]
+        msg = sgtest.make_message("big-cold@test", body=big)
+        queued_id(sgtest.send_message(gw.port, "sender@example.com", ["r@example.net"], msg))
+        assert sgtest.wait_for(lambda: accepted_with(hop, "big-cold@test"), 30), \
+            "the cold message was never read back:\n" + gw.log()[-2000:]
+
+
 class EarlyReplyHop:
     """A next hop whose first session answers the DATA transfer before
     reading the body (451 after the first 64 KiB) and then stops reading;
