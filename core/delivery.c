@@ -859,6 +859,15 @@ static void dl__smime_run(struct cryptopool_job *job, struct hsm_worker *w) {
   mailbox_post_item(&j->dl->sh->mb, &j->item);
 }
 
+/* The message's first processing: the only one that harvests and counts
+ * toward the oracle guard.  A part of a split (and the original kept with
+ * the rest) starts again at attempt 0 but carries the original recipients
+ * ('O' records): it was judged already, so an incoming message split N
+ * ways is not counted N + 1 times. */
+static bool dl__first_processing(const struct spool_msg *m) {
+  return m->attempts == 0 && m->env.n_orig_rcpts == 0;
+}
+
 /* Fill the request from the current config and keys; false with res set
  * when it cannot even be made (then the result is handled at once). */
 static bool dl__smime_request(struct dl_smime *j) {
@@ -868,7 +877,7 @@ static bool dl__smime_request(struct dl_smime *j) {
   const struct config_sending_profile *p = l && l->sending_profile ? config_sending_profile_find(cfg, l->sending_profile) : NULL;
   enum config_direction dir = dl__direction(cfg, m);
   j->rq = (struct process_request){cfg, j->dl->sh->d->keys, &m->env, j->rq.data, m->data_len, NULL, p, NULL, dir,
-                                   policy_active(cfg, dir), m->attempts == 0};
+                                   policy_active(cfg, dir), dl__first_processing(m)};
   j->res.res.status = OUTGOING_TEMP;
   if (!p && (m->env.flags & SPOOL_F_SMIME)) { /* accepted under a profile that is gone */
     snprintf(j->res.res.reason, sizeof j->res.res.reason, "listener '%.80s' or its sending profile is no longer "
