@@ -10,6 +10,7 @@
  */
 #include "core/process.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 
 #include "core/log.h"
 #include "core/policy.h"
+#include "core/quarantine.h"
 #include "core/sgerr.h"
 #include "core/timeutil.h"
 #include "crypto/incoming.h"
@@ -93,6 +95,53 @@ struct quarantine_limits process_quarantine_limits(const char *name, void *cfg) 
   return (struct quarantine_limits){q.retention_ms, q.max_size};
 }
 
+/* What each quarantine held when this process last scanned it, plus what
+ * it has held there since (an estimate from above: removals by sealctl
+ * are not seen, only cause an earlier scan).  A hold scans the folder
+ * again only when a limit may have been reached: a scan per hold made a
+ * burst of holds into a big quarantine quadratic, on the crypto workers.
+ * A hold racing a scan may be left out of the estimate; the daemon's
+ * minute pass (core/release.c) catches what that delays. */
+#define PROCESS__QUSAGE_MAX 64
+static struct {
+  char name[QUARANTINE_NAME_MAX + 1];
+  struct quarantine_usage u;
+} process__qusage[PROCESS__QUSAGE_MAX];
+static size_t process__n_qusage;
+static pthread_mutex_t process__qusage_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Count a hold of about `bytes` in quarantine name; true if its folder
+ * should be scanned now (never scanned, or a limit may be passed). */
+static bool process__expiry_due(const char *name, uint64_t bytes, uint64_t now_ms, struct quarantine_limits lim) {
+  bool due = true;
+  pthread_mutex_lock(&process__qusage_mu);
+  size_t i = 0;
+  while (i < process__n_qusage && strcmp(process__qusage[i].name, name) != 0) i++;
+  if (i < process__n_qusage) {
+    struct quarantine_usage *u = &process__qusage[i].u;
+    u->bytes += bytes;
+    if (u->oldest_ms == 0) u->oldest_ms = now_ms;
+    due = (lim.max_bytes && u->bytes > lim.max_bytes) ||
+          (lim.retention_ms && now_ms - u->oldest_ms >= lim.retention_ms);
+  }
+  pthread_mutex_unlock(&process__qusage_mu);
+  return due;
+}
+
+/* What a scan of quarantine name left (more names than the table holds:
+ * those are scanned at every hold). */
+static void process__expiry_done(const char *name, const struct quarantine_usage *u) {
+  pthread_mutex_lock(&process__qusage_mu);
+  size_t i = 0;
+  while (i < process__n_qusage && strcmp(process__qusage[i].name, name) != 0) i++;
+  if (i == process__n_qusage && i < PROCESS__QUSAGE_MAX) {
+    snprintf(process__qusage[i].name, sizeof process__qusage[i].name, "%s", name);
+    process__n_qusage++;
+  }
+  if (i < process__n_qusage) process__qusage[i].u = *u;
+  pthread_mutex_unlock(&process__qusage_mu);
+}
+
 /* Hold the message as spooled (for incoming mail: as it arrived, still
  * encrypted) in quarantine o->quarantine.  A message larger than the
  * quarantine may hold is refused (a DSN) rather than held and expired at
@@ -123,10 +172,17 @@ static void process__quarantine(struct process_request *rq, const struct policy_
     return;
   }
   res->verdict = PROCESS_QUARANTINED;
-  /* Its limits are enforced as soon as a quarantine grows, not only by the
-   * daemon's minute timer (core/release.c); only this folder is scanned. */
-  if (quarantine_expire_name(rq->cfg->quarantine_dir, meta.name, timeutil_wall_ms(), lim) < 0)
-    log_err("quarantine: expiry failed after holding %s", meta.id);
+  /* Its limits are enforced as soon as a quarantine grows past them, not
+   * only by the daemon's minute timer (core/release.c); only this folder
+   * is scanned, and only when a limit may have been reached. */
+  uint64_t now = timeutil_wall_ms();
+  if (process__expiry_due(meta.name, need, now, lim)) {
+    struct quarantine_usage left;
+    if (quarantine_expire_name(rq->cfg->quarantine_dir, meta.name, now, lim, &left) < 0)
+      log_err("quarantine: expiry failed after holding %s", meta.id);
+    else
+      process__expiry_done(meta.name, &left);
+  }
   snprintf(res->quarantine, sizeof res->quarantine, "%s", meta.name);
   snprintf(res->quarantine_id, sizeof res->quarantine_id, "%s", meta.id);
 }

@@ -713,8 +713,10 @@ static int quarantine__expire_rm(int rfd, struct quarantine__ent *e, uint64_t no
   return 1;
 }
 
-/* One quarantine: retention first, then the oldest while over its size. */
-static int quarantine__expire_one(int rfd, const char *name, struct quarantine_limits lim, uint64_t now_ms) {
+/* One quarantine: retention first, then the oldest while over its size;
+ * what is left into *after (may be NULL). */
+static int quarantine__expire_one(int rfd, const char *name, struct quarantine_limits lim, uint64_t now_ms,
+                                  struct quarantine_usage *after) {
   struct quarantine__scan s = {0};
   int rc = quarantine__scan(rfd, name, &s), n = 0;
   uint64_t total = 0;
@@ -730,6 +732,11 @@ static int quarantine__expire_one(int rfd, const char *name, struct quarantine_l
     n += quarantine__expire_rm(rfd, e, now_ms, "size") > 0;
     if (e->gone) total -= e->bytes;
   }
+  if (after != NULL) {
+    *after = (struct quarantine_usage){total, 0};
+    for (size_t i = 0; i < s.n; i++)
+      if (!s.v[i].gone && (after->oldest_ms == 0 || s.v[i].held_ms < after->oldest_ms)) after->oldest_ms = s.v[i].held_ms;
+  }
   free(s.v);
   return rc ? rc : n;
 }
@@ -742,7 +749,7 @@ int quarantine_expire(const char *root, uint64_t now_ms, quarantine_limits_fn li
   int rc = quarantine__list_dir(rfd, ".", quarantine_name_ok, &dirs), n = 0;
   for (size_t i = 0; rc == 0 && i < dirs.n; i++) {
     struct quarantine_limits lim = limits_of ? limits_of(dirs.v[i], arg) : (struct quarantine_limits){0, 0};
-    int r = quarantine__expire_one(rfd, dirs.v[i], lim, now_ms);
+    int r = quarantine__expire_one(rfd, dirs.v[i], lim, now_ms, NULL);
     if (r < 0) rc = r;
     else n += r;
   }
@@ -751,12 +758,13 @@ int quarantine_expire(const char *root, uint64_t now_ms, quarantine_limits_fn li
   return rc ? rc : n;
 }
 
-int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim) {
+int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim,
+                           struct quarantine_usage *after) {
   if (!quarantine_name_ok(name)) return SG_EINVAL;
   int rfd = quarantine__root(root, NULL, 0);
   if (rfd == SG_ENOTFOUND) return 0;
   if (rfd < 0) return rfd;
-  int rc = quarantine__expire_one(rfd, name, lim, now_ms);
+  int rc = quarantine__expire_one(rfd, name, lim, now_ms, after);
   close(rfd);
   return rc;
 }

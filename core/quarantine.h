@@ -151,8 +151,17 @@ int quarantine_done(const char *path);
  * code. */
 typedef struct quarantine_limits (*quarantine_limits_fn)(const char *name, void *arg);
 int quarantine_expire(const char *root, uint64_t now_ms, quarantine_limits_fn limits_of, void *arg);
+/* What a quarantine holds after an expiry pass: the bytes of its files
+ * and when its oldest was held (0 when it is empty). */
+struct quarantine_usage {
+  uint64_t bytes;
+  uint64_t oldest_ms;
+};
 /* The same for the one quarantine name, with its limits lim (after a
- * message was held there: only that folder is scanned). */
-int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim);
+ * message was held there: only that folder is scanned).  *after (may be
+ * NULL) gets what is left, so the caller can tell when the next pass is
+ * due without scanning (core/process.c). */
+int quarantine_expire_name(const char *root, const char *name, uint64_t now_ms, struct quarantine_limits lim,
+                           struct quarantine_usage *after);
 
 #endif
