@@ -130,8 +130,9 @@ int quarantine_release(const char *root, const char *id, char *err, size_t errle
 /* Daemon: for each released message (in ID order, i.e. as held), fn gets
  * its envelope and data (the caller's from then on: spool_envelope_free,
  * free; data has a NUL after its len bytes) and the path of its file; fn
- * must remove that file (quarantine_done) once the message is durably
- * queued again.  env->flags already has SPOOL_F_RELEASED.  A damaged file
+ * must remove that file (quarantine_done, or the same unlink done
+ * asynchronously, as core/release.c does on a loop) once the message is
+ * durably queued again.  env->flags already has SPOOL_F_RELEASED.  A damaged file
  * is renamed to ROOT/.released/ID.corrupt and logged, never queued.
  * Returns how many were handed to fn, or a negative code. */
 typedef void (*quarantine_take_fn)(struct spool_envelope *env, char *data, size_t len, const char *path,

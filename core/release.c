@@ -47,30 +47,51 @@ struct release_msg {
   struct release *r;
   struct shard *sh;
   struct spool_msg *m;
-  char *path; /* its file under ROOT/.released, removed once queued */
+  char *path;     /* its file under ROOT/.released, removed once queued */
+  uv_fs_t unlink; /* that removal, on the shard's loop without blocking it */
 };
 
 static void release__unref(struct release *r) {
   if (atomic_fetch_sub(&r->refs, 1) == 1) free(r);
 }
 
-/* On the shard's loop: the commit is over; the message is the shard's. */
-static void release__committed(struct spool_msg *m, int status, void *arg) {
-  struct release_msg *rm = arg;
+/* The end of one released message's trip (on the shard's loop): only now
+ * may a scan look at .released again, and the shard finish draining. */
+static void release__finished(struct release_msg *rm) {
   struct delivery *dl = rm->sh->dl;
-  if (status == 0) {
-    log_info("quarantine: released message queued as %s", m->env.queue_id);
-    if (quarantine_done(rm->path) != 0) log_err("quarantine: cannot remove %s (it may be delivered twice)", rm->path);
-    delivery_enqueue(dl, m);
-  } else { /* the file stays in .released: the next scan tries again */
-    log_err("quarantine: cannot queue released message: %s", sgerr_str(status));
-    spool_msg_free(m);
-  }
   atomic_fetch_sub(&rm->r->committing, 1);
   release__unref(rm->r);
   free(rm->path);
   free(rm);
   delivery_unhold(dl);
+}
+
+/* Its file in .released is gone (the quarantine_done of quarantine.h,
+ * done with uv_fs_unlink: a loop never waits on the disk). */
+static void release__unlinked(uv_fs_t *req) {
+  struct release_msg *rm = req->data;
+  if (req->result < 0 && req->result != UV_ENOENT)
+    log_err("quarantine: cannot remove %s (it may be delivered twice): %s", rm->path, uv_strerror((int)req->result));
+  uv_fs_req_cleanup(req);
+  release__finished(rm);
+}
+
+/* On the shard's loop: the commit is over; the message is the shard's. */
+static void release__committed(struct spool_msg *m, int status, void *arg) {
+  struct release_msg *rm = arg;
+  if (status != 0) { /* the file stays in .released: the next scan tries again */
+    log_err("quarantine: cannot queue released message: %s", sgerr_str(status));
+    spool_msg_free(m);
+    release__finished(rm);
+    return;
+  }
+  log_info("quarantine: released message queued as %s", m->env.queue_id);
+  delivery_enqueue(rm->sh->dl, m);
+  rm->unlink.data = rm;
+  if (uv_fs_unlink(&rm->sh->loop, &rm->unlink, rm->path, release__unlinked) != 0) {
+    log_err("quarantine: cannot remove %s (it may be delivered twice)", rm->path);
+    release__finished(rm);
+  }
 }
 
 /* On the shard's loop. */
@@ -100,7 +121,7 @@ static void release__take(struct spool_envelope *env, char *data, size_t len, co
   m->env.arrival_ms = timeutil_wall_ms();
   m->data = data;
   m->data_len = len;
-  *rm = (struct release_msg){r, daemon_shard(r->d, r->next_shard++), m, p};
+  rm->r = r, rm->sh = daemon_shard(r->d, r->next_shard++), rm->m = m, rm->path = p; /* calloc zeroed the rest */
   atomic_fetch_add(&r->committing, 1);
   atomic_fetch_add(&r->refs, 1);
   if (shard_post(rm->sh, release__on_shard, rm) != 0) {
