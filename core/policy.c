@@ -341,6 +341,7 @@ static int policy__group(const struct config *cfg, struct filter_msg *m, const s
   int rc = go_on ? policy__content_filters(p, m, &a) : 0;
   *o = (struct policy_outcome){.policy = p ? p->name : "default"};
   if (rc == 0) rc = policy__fold(&a, released, o);
+  if (rc) free(o->headers); /* a fold that failed half way */
   free(a.v);
   return rc;
 }
@@ -422,18 +423,19 @@ int policy_evaluate(const struct config *cfg, const struct policy_input *in, str
                          .body_contains = policy__body_contains, .arg = e, .body_size = in->len,
                          .smime_message = in->smime_message, .smime_verified = in->smime_verified};
   char **u = NULL;
-  size_t n_u = 0;
+  size_t n_u = 0, *pidx = malloc(in->n_rcpts * sizeof *pidx); /* pending -> judged index */
   struct policy__acts base = {0};
   bool go_on = true;
-  int rc = policy__judged(in, &u, &n_u, out->group_of);
+  int rc = pidx ? policy__judged(in, &u, &n_u, pidx) : SG_ENOMEM;
   m.rcpts = u;
   m.n_rcpts = n_u;
   if (rc == 0) rc = policy__message_filters(cfg, &m, &base, &go_on);
-  if (rc == 0) rc = policy__groups(cfg, e, &m, &base, go_on, u, n_u, out->group_of, out);
+  if (rc == 0) rc = policy__groups(cfg, e, &m, &base, go_on, u, n_u, pidx, out);
   if (rc == 0) policy__fail_closed(e, out);
   out->used_body = e->body != NULL;
   filter_scratch_free(m.scratch);
   free(u);
+  free(pidx);
   free(base.v);
   policy__eval_free(e);
   free(e);

@@ -2,6 +2,7 @@
 #include "crypto/certcache.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -122,11 +123,20 @@ static struct {
   X509 *x;
 } certcache__slot[CERTCACHE_SLOTS];
 static unsigned certcache__next_slot;
-static unsigned long certcache__fast, certcache__decoded;
+static atomic_ulong certcache__fast, certcache__decoded;
 static EVP_MD *certcache__sha256; /* fetched once: an implicit fetch per digest costs more than the digest */
 static pthread_once_t certcache__once = PTHREAD_ONCE_INIT;
 
 static void certcache__init(void) { certcache__sha256 = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
+/* The cached certificate with this key, with a reference for the caller;
+ * NULL if none.  Under certcache__mu. */
+static X509 *certcache__find_locked(const unsigned char key[32]) {
+  for (unsigned i = 0; i < CERTCACHE_SLOTS; i++)
+    if (certcache__slot[i].x != NULL && memcmp(certcache__slot[i].key, key, 32) == 0)
+      return X509_up_ref(certcache__slot[i].x) == 1 ? certcache__slot[i].x : NULL;
+  return NULL;
+}
 
 /* The decoded certificate for these DER bytes (a reference the caller
  * frees), from the table or decoded now and put in it. */
@@ -136,28 +146,31 @@ static X509 *certcache__get(const struct certcache__tlv *t) {
   unsigned int key_len = 0;
   pthread_once(&certcache__once, certcache__init);
   if (certcache__sha256 == NULL || EVP_Digest(t->p, n, key, &key_len, certcache__sha256, NULL) != 1) return NULL;
-  X509 *x = NULL;
   pthread_mutex_lock(&certcache__mu);
-  for (unsigned i = 0; i < CERTCACHE_SLOTS && x == NULL; i++)
-    if (certcache__slot[i].x != NULL && memcmp(certcache__slot[i].key, key, sizeof key) == 0 &&
-        X509_up_ref(certcache__slot[i].x) == 1)
-      x = certcache__slot[i].x;
+  X509 *x = certcache__find_locked(key);
   pthread_mutex_unlock(&certcache__mu);
   if (x != NULL) return x;
   const unsigned char *p = t->p;
-  x = d2i_X509(NULL, &p, (long)n);
-  if (x == NULL || p != t->p + n || X509_up_ref(x) != 1) { /* trailing bytes: not this path's shape */
+  x = d2i_X509(NULL, &p, (long)n); /* outside the lock: this is the slow part */
+  if (x == NULL || p != t->p + n) { /* trailing bytes: not this path's shape */
     X509_free(x);
     return NULL;
   }
+  atomic_fetch_add(&certcache__decoded, 1);
   pthread_mutex_lock(&certcache__mu);
-  unsigned i = certcache__next_slot++ % CERTCACHE_SLOTS;
-  X509 *old = certcache__slot[i].x;
-  memcpy(certcache__slot[i].key, key, sizeof key);
-  certcache__slot[i].x = x; /* the table's reference */
-  certcache__decoded++;
+  X509 *had = certcache__find_locked(key), *old = NULL; /* another worker may have put it meanwhile */
+  if (had == NULL && X509_up_ref(x) == 1) {
+    unsigned i = certcache__next_slot++ % CERTCACHE_SLOTS;
+    old = certcache__slot[i].x;
+    memcpy(certcache__slot[i].key, key, sizeof key);
+    certcache__slot[i].x = x; /* the table's reference */
+  }
   pthread_mutex_unlock(&certcache__mu);
   X509_free(old);
+  if (had != NULL) {
+    X509_free(x);
+    x = had;
+  }
   return x;
 }
 
@@ -180,9 +193,7 @@ static CMS_ContentInfo *certcache__fast_path(const struct certcache__shape *s) {
     CMS_ContentInfo_free(cms);
     return NULL;
   }
-  pthread_mutex_lock(&certcache__mu);
-  certcache__fast++;
-  pthread_mutex_unlock(&certcache__mu);
+  atomic_fetch_add(&certcache__fast, 1);
   return cms;
 }
 
@@ -198,8 +209,6 @@ CMS_ContentInfo *certcache_d2i_cms(const unsigned char *der, size_t len) {
 }
 
 void certcache_stats(unsigned long *fast, unsigned long *decoded) {
-  pthread_mutex_lock(&certcache__mu);
-  *fast = certcache__fast;
-  *decoded = certcache__decoded;
-  pthread_mutex_unlock(&certcache__mu);
+  *fast = atomic_load(&certcache__fast);
+  *decoded = atomic_load(&certcache__decoded);
 }

@@ -36,7 +36,6 @@
 struct ctl_q {
   struct config *cfg;
   const char *root;
-  char fallback[4200];
   const char *words[2]; /* positional words after the subcommand */
   int n_words;
   bool body;            /* show --body */
@@ -61,11 +60,7 @@ static int ctl_q_args(const struct ctl *c, struct ctl_q *q, int min, int max, co
 static int ctl_q_load(const struct ctl *c, struct ctl_q *q) {
   int rc = ctl_load(c, &q->cfg);
   if (rc) return rc;
-  q->root = q->cfg->quarantine_dir;
-  if (!q->root) { /* a config without the field: the documented default */
-    snprintf(q->fallback, sizeof q->fallback, "%s/quarantine", q->cfg->dir);
-    q->root = q->fallback;
-  }
+  q->root = q->cfg->quarantine_dir; /* config.c always sets it (the default: DIR/quarantine) */
   return 0;
 }
 
@@ -94,8 +89,6 @@ static void ctl_q_iso(uint64_t ms, char *out, size_t cap) {
   strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-/* n bytes as a JSON string (NUL bytes included), escaped as ctl_json_str
- * escapes a C string. */
 /* The fields list and show share, without the closing brace. */
 static void ctl_q_json_meta(const struct quarantine_meta *m, const struct spool_envelope *env, const char *corrupt) {
   char held[32];
